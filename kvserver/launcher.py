@@ -1,0 +1,161 @@
+"""``raftCoreRun``: start a whole cluster on this machine, like the seed's launcher.
+
+    raftCoreRun -n N -f test.conf [--data-dir DIR] [--max-raft-state BYTES]
+
+Picks N free ports on 127.0.0.1, writes the config file, starts N
+``kvserver`` processes (logs in DIR/node<I>.log), prints each node's address,
+pid and log file, and stays in the foreground supervising them. A node that
+exits is reported with its exit code and log file. On Ctrl-C or SIGTERM it
+stops them all (SIGTERM, then SIGKILL after a grace period) and leaves no
+process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from kvserver.config import format_config
+from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
+
+__all__ = ["Cluster", "free_ports", "main"]
+
+PROG = "raftCoreRun"
+STOP_GRACE = 5.0
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """N distinct ports the kernel considers free right now."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    """N kvserver processes started from one config; used by tests too."""
+
+    def __init__(self, config_path: str | Path, n: int, data_dir: str | Path,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.config_path = Path(config_path)
+        self.n = n
+        self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.addresses: list[tuple[str, int]] = []
+
+    def write_config(self) -> None:
+        self.addresses = [("127.0.0.1", p) for p in free_ports(self.n)]
+        self.config_path.write_text(format_config(self.addresses), encoding="utf-8")
+
+    def log_path(self, i: int) -> Path:
+        return self.data_dir / f"node{i}.log"
+
+    def start_node(self, i: int) -> subprocess.Popen[bytes]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path(i), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kvserver.main", "--id", str(i),
+                 "-f", str(self.config_path), "--data-dir", str(self.data_dir / f"node{i}"),
+                 *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        self.procs[i] = proc
+        return proc
+
+    def start(self) -> None:
+        self.write_config()
+        for i in range(self.n):
+            self.start_node(i)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[i]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                proc.wait()
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = Parser(prog=PROG, description="Start an N-node KV cluster on 127.0.0.1.")
+    parser.add_argument("-n", type=positive_int, required=True, help="number of nodes")
+    parser.add_argument("-f", "--config", required=True, help="config file to write")
+    parser.add_argument("--data-dir", default="data", help="data and logs (data)")
+    parser.add_argument("--max-raft-state", type=positive_int, default=None)
+    args = parser.parse_args(argv)
+    extra = ["--max-raft-state", str(args.max_raft_state)] if args.max_raft_state else []
+    cluster = Cluster(args.config, args.n, args.data_dir, extra)
+    try:
+        Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+        cluster.write_config()
+    except OSError as exc:
+        fail(PROG, f"{exc.filename or args.config}: {exc.strerror or exc}", EXIT_USAGE)
+
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(args.n):
+        try:
+            proc = cluster.start_node(i)
+        except OSError as exc:
+            cluster.stop()
+            fail(PROG, f"cannot start kvserver: {exc.strerror or exc}", EXIT_FAILED)
+        host, port = cluster.addresses[i]
+        print(f"node {i}: {host}:{port} pid {proc.pid} log {cluster.log_path(i)}", flush=True)
+    print(f"config written to {args.config}; Ctrl-C stops the cluster", flush=True)
+
+    reported: set[int] = set()
+    try:
+        while not stopping:
+            for i, proc in cluster.procs.items():
+                code = proc.poll()
+                if code is not None and i not in reported:
+                    reported.add(i)
+                    print(f"node {i} (pid {proc.pid}) exited with code {code}; "
+                          f"see {cluster.log_path(i)}", flush=True)
+            if len(reported) == args.n:
+                print("all nodes have exited", flush=True)
+                return EXIT_FAILED
+            time.sleep(0.2)
+    finally:
+        cluster.stop()
+    print("cluster stopped", flush=True)
+    return EXIT_OK if not reported else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``kvserver``: run node I of the cluster described by a config file.
+
+    kvserver --id I -f test.conf [--data-dir DIR] [--max-raft-state BYTES] [--log-level L]
+
+Recovers from ``--data-dir`` (default ``data/node<I>``) after any crash.
+Stops cleanly on SIGTERM or SIGINT (exit 0). Exit 2 with one line on stderr
+for a bad command line or config, a port already in use, or an unusable
+data dir; exit 1 if the node fails while running (e.g. its disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from kvserver.config import ConfigError, load_config
+from kvserver.server import KvNode, KvNodeOptions
+from raft.storage import StorageError
+from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
+from rpc.loop import run
+
+__all__ = ["main"]
+
+PROG = "kvserver"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _configure_logging(node_id: int, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(node: KvNode) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.stop()
+        if exc.errno == errno.EADDRINUSE:
+            fail(PROG, f"{node.address}: port {node.address.port} is already in use",
+                 EXIT_USAGE)
+        fail(PROG, f"{node.address}: cannot listen: {exc.strerror or exc}", EXIT_USAGE)
+    waiter = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(node.node.wait_failed())
+    await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    failed.cancel()
+    failure = node.node.failure
+    await node.stop()
+    if failure is not None:
+        fail(PROG, f"node {node.id} stopped: {failure}", EXIT_FAILED)
+    logging.getLogger("kvserver").info("node %d shut down cleanly", node.id)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = Parser(prog=PROG, description="Run one node of the replicated KV store.")
+    parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
+    parser.add_argument("-f", "--config", required=True, help="cluster config (seed format)")
+    parser.add_argument("--data-dir", help="where the WAL and snapshots live (data/node<I>)")
+    parser.add_argument("--max-raft-state", type=positive_int, default=None,
+                        help="snapshot when the Raft log passes this many bytes")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        config.node(args.id)
+    except ConfigError as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
+    _configure_logging(args.id, args.log_level)
+    data_dir = args.data_dir or f"data/node{args.id}"
+    options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state)
+    try:
+        node = KvNode(config, args.id, options)
+    except StorageError as exc:
+        fail(PROG, f"data dir {data_dir}: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        fail(PROG, f"data dir {data_dir}: {exc.strerror or exc}", EXIT_USAGE)
+    try:
+        return run(_serve(node))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The replicated key-value state machine.
+
+Contract (what Raft relies on, as hashicorp/raft's FSM states it):
+
+* ``apply(index, data)`` is deterministic: every replica that applies the same
+  entries in the same order reaches the same state and returns the same
+  result. It never reads a clock, a random source or anything local; time
+  enters only as the leader's stamp inside the command.
+* ``snapshot() -> bytes`` captures the whole state (keys *and* client
+  sessions: at-most-once must survive a restart from a snapshot). It is a
+  versioned protobuf encoding, never pickle.
+* ``restore(bytes)`` replaces the state with a snapshot's.
+
+At-most-once (Raft dissertation 6.3): each client numbers its writes
+``seq = 1, 2, ...`` and sends with each the lowest seq whose reply it has not
+yet seen (``ack_seq``). The session table keeps, per client, the seqs applied
+at or above ``ack_seq``; a request whose seq is below ``ack_seq`` or already
+in that set is a duplicate and is not applied again. Replies to writes carry
+no data, so remembering "applied" is enough. This holds with many writes of
+one client in flight at once, in any order.
+
+Session expiry, decided in ``apply`` so every replica expires the same ones:
+the state machine's clock is the largest leader stamp applied so far; a
+session idle for longer than ``session_ttl_ms`` of that clock is dropped, and
+when there are more than ``max_sessions`` the least recently active is
+dropped. Guarantee left: a write is applied at most once as long as its
+retries reach the cluster within ``session_ttl_ms`` (default one hour; the
+Clerk gives up after its timeout, seconds) and fewer than ``max_sessions``
+other clients were active since. A client whose session expired is treated as
+new.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from kvserver import kv_pb2
+
+__all__ = ["KvStateMachine", "SnapshotFormatError", "decode_command", "encode_command"]
+
+SNAPSHOT_VERSION = 1
+DEFAULT_SESSION_TTL_MS = 3_600_000
+DEFAULT_MAX_SESSIONS = 100_000
+
+
+class SnapshotFormatError(Exception):
+    """A snapshot this version cannot read."""
+
+
+@dataclass(slots=True)
+class _Session:
+    ack_seq: int = 1
+    applied: set[int] = field(default_factory=set)
+    last_active_ms: int = 0
+    last_active_index: int = 0
+
+    def is_duplicate(self, seq: int) -> bool:
+        return seq < self.ack_seq or seq in self.applied
+
+    def acknowledge(self, ack_seq: int) -> None:
+        # The client has seen every reply below ack_seq: forget them.
+        if ack_seq > self.ack_seq:
+            self.ack_seq = ack_seq
+            self.applied = {s for s in self.applied if s >= ack_seq}
+
+
+def encode_command(cmd: kv_pb2.Command) -> bytes:
+    return cmd.SerializeToString()
+
+
+def decode_command(data: bytes) -> kv_pb2.Command:
+    cmd = kv_pb2.Command()
+    cmd.ParseFromString(data)
+    return cmd
+
+
+class KvStateMachine:
+    def __init__(
+        self,
+        *,
+        session_ttl_ms: int = DEFAULT_SESSION_TTL_MS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
+        self.session_ttl_ms = session_ttl_ms
+        self.max_sessions = max_sessions
+        self._data: dict[str, str] = {}
+        # Ordered by last activity, least recent first: expiry pops the front.
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._clock_ms = 0
+
+    # -- reads (served after ReadIndex confirms the applied state is current) --
+
+    def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # -- the replicated part -------------------------------------------------
+
+    def apply(self, index: int, data: bytes) -> bool:
+        """Apply one committed command; returns False if it was a duplicate."""
+        cmd = decode_command(data)
+        self._clock_ms = max(self._clock_ms, cmd.stamp_ms)
+        self._expire_sessions()
+        session = self._sessions.get(cmd.client_id)
+        if session is None:
+            session = _Session()
+            self._sessions[cmd.client_id] = session
+        else:
+            self._sessions.move_to_end(cmd.client_id)
+        session.last_active_ms = self._clock_ms
+        session.last_active_index = index
+        session.acknowledge(cmd.ack_seq)
+        if session.is_duplicate(cmd.seq):
+            return False
+        session.applied.add(cmd.seq)
+        self._apply_op(cmd)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return True
+
+    def _apply_op(self, cmd: kv_pb2.Command) -> None:
+        if cmd.op == kv_pb2.PUT:
+            self._data[cmd.key] = cmd.value
+        elif cmd.op == kv_pb2.APPEND:
+            self._data[cmd.key] = self._data.get(cmd.key, "") + cmd.value
+        elif cmd.op == kv_pb2.DELETE:
+            self._data.pop(cmd.key, None)
+        # Unknown ops (from a newer version) are ignored identically everywhere.
+
+    def _expire_sessions(self) -> None:
+        horizon = self._clock_ms - self.session_ttl_ms
+        while self._sessions:
+            client_id, session = next(iter(self._sessions.items()))
+            if session.last_active_ms >= horizon:
+                break
+            del self._sessions[client_id]
+
+    # -- snapshots -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        snap = kv_pb2.KvSnapshot(version=SNAPSHOT_VERSION, clock_ms=self._clock_ms)
+        snap.data.update(self._data)
+        for client_id, s in self._sessions.items():
+            snap.sessions.append(
+                kv_pb2.Session(
+                    client_id=client_id,
+                    ack_seq=s.ack_seq,
+                    applied_seqs=sorted(s.applied),
+                    last_active_ms=s.last_active_ms,
+                    last_active_index=s.last_active_index,
+                )
+            )
+        return snap.SerializeToString(deterministic=True)
+
+    def restore(self, data: bytes) -> None:
+        if not data:  # the empty snapshot: the state before any entry
+            self._data, self._sessions, self._clock_ms = {}, OrderedDict(), 0
+            return
+        snap = kv_pb2.KvSnapshot()
+        try:
+            snap.ParseFromString(data)
+        except Exception as exc:  # protobuf raises DecodeError; be explicit in the message
+            raise SnapshotFormatError(f"undecodable KV snapshot: {exc}") from None
+        if snap.version != SNAPSHOT_VERSION:
+            raise SnapshotFormatError(
+                f"KV snapshot version {snap.version}, this build reads {SNAPSHOT_VERSION}"
+            )
+        self._data = dict(snap.data)
+        self._sessions = OrderedDict(
+            (
+                s.client_id,
+                _Session(
+                    ack_seq=s.ack_seq,
+                    applied=set(s.applied_seqs),
+                    last_active_ms=s.last_active_ms,
+                    last_active_index=s.last_active_index,
+                ),
+            )
+            for s in snap.sessions
+        )
+        self._clock_ms = snap.clock_ms

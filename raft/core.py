@@ -1,0 +1,979 @@
+"""RaftCore: the Raft consensus algorithm as a pure, deterministic state machine.
+
+In the style of etcd-io/raft: no clocks, sockets, threads or files. Inputs are
+``tick()`` (logical time), ``step(message)`` (a message from a peer) and the
+client calls ``propose``, ``read_index``, ``transfer_leader``, ``campaign``.
+Every output -- state to persist, messages to send, entries to apply, reads
+to release -- is collected and handed to the driver by ``ready()``; the
+driver acknowledges with ``advance()``. See ``Ready`` for the ordering rule.
+
+References in comments: "paper" = Ongaro & Ousterhout, *In Search of an
+Understandable Consensus Algorithm* (extended version); "dissertation" =
+Ongaro, *Consensus: Bridging Theory and Practice* (2014).
+
+Structure: ``step`` handles terms once for all roles, then the role's
+handler (``self._step`` is ``_step_follower``, ``_step_candidate`` or
+``_step_leader``; ``self._tick`` likewise). Rules that tests may want to
+break on purpose live in small overridable methods: ``_maybe_commit`` (the
+commit rule) and ``_can_grant_vote`` (the vote rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from random import Random
+
+from raft.log import RaftLog
+from raft.progress import Progress, ProgressState
+from raft.quorum import VoteResult, committed_index, has_quorum, vote_result
+from raft.read_only import ReadOnly
+from raft.storage import CompactedError, LogStorage, UnavailableError
+from raft.types import (
+    NONE,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+
+__all__ = [
+    "TRANSFER_CONTEXT",
+    "Config",
+    "NotLeader",
+    "PeerStatus",
+    "ProposalDropped",
+    "RaftCore",
+    "Ready",
+    "Status",
+]
+
+#: ``context`` of a VOTE sent because of a leadership transfer (TIMEOUT_NOW):
+#: voters must not ignore it because of the leader lease (dissertation 3.10).
+TRANSFER_CONTEXT = b"transfer"
+
+MT = MessageType
+
+
+class NotLeader(Exception):
+    """This node is not the leader; ``leader`` is a hint (``NONE`` if unknown)."""
+
+    def __init__(self, leader: int) -> None:
+        super().__init__(f"not the leader (leader hint: {leader})")
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader refuses proposals for now (a leadership transfer is under way)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    id: int
+    #: Voters, this node included. A set, not a constant: membership changes later.
+    peers: frozenset[int]
+    #: Injected randomness; the election timeout is drawn from
+    #: ``[election_tick, 2 * election_tick)`` (paper 5.2).
+    rng: Random
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    #: Bound on entry bytes per APPEND (batching).
+    max_size_per_msg: int = 1 << 20
+    #: Pipelining bounds per follower in REPLICATE state.
+    max_inflight_msgs: int = 256
+    max_inflight_bytes: int = 32 << 20
+    #: InstallSnapshot chunk bytes.
+    snapshot_chunk_size: int = 1 << 20
+    #: Last applied index on restart (entries up to it are not handed out again).
+    applied: int = 0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
+            raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.max_inflight_msgs <= 0 or self.snapshot_chunk_size <= 0:
+            raise ValueError("max_inflight_msgs and snapshot_chunk_size must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What the driver must do, in this order:
+
+    1. Persist ``hard_state``, ``entries`` and ``snapshot`` durably
+       (``storage.save(hard_state, entries, snapshot)``, one fsync) BEFORE
+       sending any message: vote grants and append acknowledgements in
+       ``messages`` promise that this state survives a crash.
+    2. Send ``messages``.
+    3. Apply: first install ``snapshot`` into the state machine (if any), then
+       apply ``committed_entries`` in order.
+    4. Release each of ``read_states`` once the applied index is >= its
+       ``index`` (serve the read then; linearizable by dissertation 6.4).
+    5. Call ``advance(rd)`` with this very object.
+
+    Exactly one Ready may be outstanding: call ``advance`` before the next
+    ``ready()``.
+    """
+
+    #: Leader/role, if changed since the last Ready.
+    soft_state: SoftState | None = None
+    #: Term/vote/commit to persist, if changed since the last Ready.
+    hard_state: HardState | None = None
+    #: Unstable entries to persist; ``storage.save`` truncates any stored
+    #: suffix from ``entries[0].index`` on (it conflicted with the leader).
+    entries: tuple[Entry, ...] = ()
+    #: A snapshot received from the leader: persist it, restore the state machine.
+    snapshot: Snapshot | None = None
+    messages: tuple[Message, ...] = ()
+    committed_entries: tuple[Entry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.soft_state
+            or self.hard_state
+            or self.entries
+            or self.snapshot
+            or self.messages
+            or self.committed_entries
+            or self.read_states
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    match: int
+    next: int
+    state: ProgressState
+    recent_active: bool
+    inflight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: int
+    term: int
+    vote: int
+    role: Role
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    first_index: int
+    #: Leader only: what it knows about each voter (empty otherwise).
+    progress: dict[int, PeerStatus] = field(default_factory=dict)
+    lead_transferee: int = NONE
+
+
+@dataclass(slots=True)
+class _SnapshotReceive:
+    """Follower side of a chunked InstallSnapshot: the chunks so far."""
+
+    meta: SnapshotMeta
+    data: bytearray
+
+
+class RaftCore:
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        self._cfg = config
+        self._id = config.id
+        self._rng = config.rng
+        hard_state, snap_peers = storage.initial_state()
+        self._peers: frozenset[int] = config.peers or snap_peers
+        self.log = RaftLog(storage)
+        self.progress: dict[int, Progress] = {}
+
+        self._term = 0
+        self._vote = NONE
+        self._leader = NONE
+        self._role = Role.FOLLOWER
+        self._step: Callable[[Message], None] = self._step_follower
+        self._tick: Callable[[], None] = self._tick_election
+
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_election_timeout = config.election_tick
+        self._votes: dict[int, bool] = {}
+        self._lead_transferee = NONE
+
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._read_only = ReadOnly()
+        #: Reads that arrived before the leader committed an entry of its term.
+        self._pending_reads: list[bytes] = []
+        self._snap_recv: _SnapshotReceive | None = None
+        #: Lazy broadcast (flushed by ready()): new entries to send / a commit
+        #: index to announce. Proposals between two Readys share one APPEND.
+        self._bcast_entries = False
+        self._bcast_commit = False
+
+        # Restore (paper Figure 2: currentTerm, votedFor and the log are
+        # persistent; commit is persisted as an optimisation).
+        if hard_state.commit > self.log.last_index():
+            raise RuntimeError(
+                f"hard state commit {hard_state.commit} is beyond the last index "
+                f"{self.log.last_index()}: storage lost committed entries"
+            )
+        self.log.committed = max(self.log.committed, hard_state.commit)
+        self._become_follower(hard_state.term, NONE)
+        self._vote = hard_state.vote
+        if config.applied > 0:
+            self.log.applied_to(max(config.applied, self.log.applied))
+        self._prev_soft = SoftState(self._leader, self._role)
+        self._prev_hard = HardState(self._term, self._vote, self.log.committed)
+
+    # -- read-only properties -------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def vote(self) -> int:
+        return self._vote
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def leader(self) -> int:
+        return self._leader
+
+    @property
+    def peers(self) -> frozenset[int]:
+        return self._peers
+
+    @property
+    def config(self) -> Config:
+        return self._cfg
+
+    @property
+    def lead_transferee(self) -> int:
+        return self._lead_transferee
+
+    def __repr__(self) -> str:
+        return (
+            f"RaftCore(id={self._id}, term={self._term}, role={self._role.value}, "
+            f"leader={self._leader}, commit={self.log.committed}, last={self.log.last_index()})"
+        )
+
+    # -- public inputs ----------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick()
+
+    def campaign(self) -> None:
+        """Start an election now (with pre-vote if configured)."""
+        self._hup(transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append ``data`` to the leader's log; returns the index it gets.
+        Raises NotLeader / ProposalDropped. The entry is committed once a
+        majority (the leader's own disk included) has persisted it."""
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if self._lead_transferee != NONE:
+            # Dissertation 3.10: the old leader stops accepting client
+            # requests while it hands over.
+            raise ProposalDropped(f"leadership transfer to {self._lead_transferee} in progress")
+        return self._append_entry(data, EntryType.NORMAL)
+
+    def read_index(self, context: bytes) -> None:
+        """Request a linearizable read (dissertation 6.4). A ``ReadState``
+        with this ``context`` appears in a later Ready, unless leadership is
+        lost first (then the request is silently dropped)."""
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if not self._committed_in_current_term():
+            # 6.4 step 1: the leader's commit index is only known to be
+            # current once an entry of its own term is committed.
+            self._pending_reads.append(context)
+            return
+        self._start_reads([context])
+
+    def transfer_leader(self, to: int) -> None:
+        """Hand leadership to ``to`` (dissertation 3.10)."""
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if to not in self.progress:
+            raise ValueError(f"{to} is not a voter")
+        if to == self._id or to == self._lead_transferee:
+            return
+        self._lead_transferee = to
+        # The transfer must finish within an election timeout or is aborted.
+        self._election_elapsed = 0
+        pr = self.progress[to]
+        if pr.match == self.log.last_index():
+            self._send_timeout_now(to)
+        else:
+            self._send_append_all(to, send_if_empty=True)
+
+    def report_unreachable(self, peer: int) -> None:
+        """The driver failed to send to ``peer``: stop pipelining to it."""
+        pr = self.progress.get(peer)
+        if self._role is Role.LEADER and pr is not None and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def step(self, m: Message) -> None:
+        """Handle a message from a peer. Terms first (paper 5.1, Figure 2
+        "Rules for all servers"), then the role's handler."""
+        if m.term > self._term:
+            if m.type in (MT.VOTE, MT.PRE_VOTE):
+                force = m.context == TRANSFER_CONTEXT
+                in_lease = (
+                    self._cfg.check_quorum
+                    and self._leader != NONE
+                    and self._election_elapsed < self._cfg.election_tick
+                )
+                if in_lease and not force:
+                    # Dissertation 4.2.3: a server that heard from a live
+                    # leader within the minimum election timeout ignores vote
+                    # requests (neither grants nor updates its term), so a
+                    # removed or partitioned server cannot disrupt the cluster.
+                    return
+            if m.type is MT.PRE_VOTE:
+                pass  # dissertation 9.6: pre-votes never change terms
+            elif m.type is MT.PRE_VOTE_RESPONSE and not m.reject:
+                pass  # granted pre-votes carry the proposed term; we bump on quorum
+            elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self._term:
+            self._step_stale(m)
+            return
+
+        if m.type in (MT.VOTE, MT.PRE_VOTE):
+            self._handle_vote_request(m)
+        else:
+            self._step(m)
+
+    # -- Ready / advance ----------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        if self._role is Role.LEADER and (self._bcast_entries or self._bcast_commit):
+            return True
+        return bool(
+            self._msgs
+            or self._read_states
+            or self.log.unstable.entries
+            or self.log.unstable.snapshot is not None
+            or self.log.has_next_committed_entries()
+            or SoftState(self._leader, self._role) != self._prev_soft
+            or self._hard_state() != self._prev_hard
+        )
+
+    def ready(self) -> Ready:
+        self._flush_broadcast()
+        soft = SoftState(self._leader, self._role)
+        hard = self._hard_state()
+        committed = self.log.next_committed_entries()
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=tuple(self.log.unstable.entries),
+            snapshot=self.log.unstable.snapshot,
+            messages=tuple(self._msgs),
+            committed_entries=tuple(committed),
+            read_states=tuple(self._read_states),
+        )
+        self._msgs = []
+        self._read_states = []
+        self._prev_soft = soft
+        self._prev_hard = hard
+        if committed:
+            self.log.accept_applying(committed[-1].index)
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied ``rd``."""
+        if rd.snapshot is not None:
+            self.log.stable_snap_to(rd.snapshot.meta.index)
+            self.log.applied_to(max(rd.snapshot.meta.index, self.log.applied))
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+        if self._role is Role.LEADER and (rd.entries or rd.snapshot is not None):
+            # The leader's own disk counts toward the majority only once the
+            # entries are durable: "fsync before acknowledge" (paper 5.3).
+            self_pr = self.progress[self._id]
+            if self_pr.maybe_update(self.log.persisted_index()):
+                self._commit_if_possible()
+
+    def status(self) -> Status:
+        progress: dict[int, PeerStatus] = {}
+        if self._role is Role.LEADER:
+            progress = {
+                p: PeerStatus(pr.match, pr.next, pr.state, pr.recent_active, len(pr.inflights))
+                for p, pr in self.progress.items()
+            }
+        return Status(
+            id=self._id,
+            term=self._term,
+            vote=self._vote,
+            role=self._role,
+            leader=self._leader,
+            commit=self.log.committed,
+            applied=self.log.applied,
+            last_index=self.log.last_index(),
+            first_index=self.log.first_index(),
+            progress=progress,
+            lead_transferee=self._lead_transferee,
+        )
+
+    # -- overridable rules --------------------------------------------------------
+
+    def _maybe_commit(self) -> bool:
+        """Advance the commit index to the highest index stored on a majority,
+        but only if that entry is from the current term (paper 5.4.2, Figure
+        8: counting replicas does not commit entries of earlier terms; they
+        are committed indirectly by Log Matching)."""
+        index = committed_index(self._peers, {p: pr.match for p, pr in self.progress.items()})
+        if index <= self.log.committed or self.log.term(index) != self._term:
+            return False
+        self.log.commit_to(index)
+        return True
+
+    def _can_grant_vote(self, m: Message) -> bool:
+        """Paper Figure 2, RequestVote receiver rule 2: grant if we have not
+        voted for someone else this term (and know of no leader, etcd), and
+        the candidate's log is at least as up-to-date as ours (5.4.1). A
+        pre-vote for a later term does not count our own vote (9.6)."""
+        can_vote = (
+            self._vote == m.src
+            or (self._vote == NONE and self._leader == NONE)
+            or (m.type is MT.PRE_VOTE and m.term > self._term)
+        )
+        return can_vote and self.log.is_up_to_date(m.index, m.log_term)
+
+    # -- role transitions ---------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if term != self._term:
+            self._term = term
+            self._vote = NONE
+        self._leader = NONE
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        # Paper 5.2: randomized timeouts make split votes rare.
+        self._randomized_election_timeout = self._cfg.election_tick + self._rng.randrange(
+            self._cfg.election_tick
+        )
+        self._lead_transferee = NONE
+        self._votes = {}
+        self._read_only.reset()
+        self._pending_reads = []
+        self._bcast_entries = self._bcast_commit = False
+        last = self.log.last_index()
+        self.progress = {}
+        for p in sorted(self._peers):
+            pr = Progress(last + 1, self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes)
+            if p == self._id:
+                pr.match = self.log.persisted_index()
+                pr.recent_active = True
+            self.progress[p] = pr
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        self._reset(term)
+        self._leader = leader
+        self._role = Role.FOLLOWER
+        self._step = self._step_follower
+        self._tick = self._tick_election
+
+    def _become_pre_candidate(self) -> None:
+        # Dissertation 9.6: no term change, no vote cast; just ask.
+        if self._role is Role.LEADER:
+            raise RuntimeError("leader cannot become pre-candidate")
+        self._votes = {}
+        self._leader = NONE
+        self._role = Role.PRE_CANDIDATE
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
+    def _become_candidate(self) -> None:
+        if self._role is Role.LEADER:
+            raise RuntimeError("leader cannot become candidate")
+        # Paper 5.2: increment currentTerm, vote for self.
+        self._reset(self._term + 1)
+        self._vote = self._id
+        self._role = Role.CANDIDATE
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
+    def _become_leader(self) -> None:
+        if self._role is Role.FOLLOWER:
+            raise RuntimeError("follower cannot become leader directly")
+        self._reset(self._term)
+        self._leader = self._id
+        self._role = Role.LEADER
+        self._step = self._step_leader
+        self._tick = self._tick_heartbeat
+        self.progress[self._id].become_replicate()
+        # Paper 5.4.2 / dissertation 6.4: an entry of the new term, so that
+        # earlier entries and the ReadIndex baseline get committed promptly.
+        self._append_entry(b"", EntryType.NOOP)
+
+    # -- elections ----------------------------------------------------------------
+
+    def _promotable(self) -> bool:
+        return self._id in self._peers
+
+    def _hup(self, transfer: bool) -> None:
+        if self._role is Role.LEADER or not self._promotable():
+            return
+        if self._cfg.pre_vote and not transfer:
+            self._campaign(pre_vote=True, transfer=False)
+        else:
+            self._campaign(pre_vote=False, transfer=transfer)
+
+    def _campaign(self, pre_vote: bool, transfer: bool) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_type, term = MT.PRE_VOTE, self._term + 1
+        else:
+            self._become_candidate()
+            vote_type, term = MT.VOTE, self._term
+        if self._poll(self._id, True) is VoteResult.WON:
+            # Single-node cluster: our own vote is a majority.
+            if pre_vote:
+                self._campaign(pre_vote=False, transfer=transfer)
+            else:
+                self._become_leader()
+            return
+        last = self.log.last_index()
+        last_term = self.log.last_term()
+        ctx = TRANSFER_CONTEXT if transfer else b""
+        for p in sorted(self._peers):
+            if p != self._id:
+                self._send(
+                    Message(
+                        vote_type, self._id, p, term, log_term=last_term, index=last, context=ctx
+                    )
+                )
+
+    def _poll(self, peer: int, granted: bool) -> VoteResult:
+        self._votes.setdefault(peer, granted)
+        return vote_result(self._peers, self._votes)
+
+    def _handle_vote_request(self, m: Message) -> None:
+        resp = MT.VOTE_RESPONSE if m.type is MT.VOTE else MT.PRE_VOTE_RESPONSE
+        if self._can_grant_vote(m):
+            # A granted pre-vote answers with the proposed term, so that the
+            # pre-candidate does not drop it as stale (dissertation 9.6).
+            self._send(Message(resp, self._id, m.src, m.term))
+            if m.type is MT.VOTE:
+                self._election_elapsed = 0
+                self._vote = m.src
+        else:
+            self._send(Message(resp, self._id, m.src, self._term, reject=True))
+
+    # -- ticks ------------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._promotable() and self._election_elapsed >= self._randomized_election_timeout:
+            self._election_elapsed = 0
+            self._hup(transfer=False)
+
+    def _tick_heartbeat(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._cfg.election_tick:
+            self._election_elapsed = 0
+            if self._cfg.check_quorum:
+                # Dissertation 6.2: a leader that cannot reach a majority
+                # within an election timeout steps down.
+                active = [p for p, pr in self.progress.items() if pr.recent_active]
+                if not has_quorum(self._peers, active):
+                    self._become_follower(self._term, NONE)
+                    return
+                for p, pr in self.progress.items():
+                    pr.recent_active = p == self._id
+            # Dissertation 3.10: abort a transfer that did not finish in time.
+            self._lead_transferee = NONE
+        if self._heartbeat_elapsed >= self._cfg.heartbeat_tick:
+            self._heartbeat_elapsed = 0
+            self._bcast_heartbeat(self._read_only.last_pending_context())
+        self._tick_snapshot_resend()
+
+    def _tick_snapshot_resend(self) -> None:
+        # A lost chunk (or its answer) is detected by silence: resend from
+        # the last acknowledged offset after two heartbeat intervals.
+        limit = 2 * self._cfg.heartbeat_tick
+        for p, pr in self.progress.items():
+            if p != self._id and pr.state is ProgressState.SNAPSHOT:
+                pr.snap_idle_ticks += 1
+                if pr.snap_idle_ticks >= limit:
+                    self._send_snapshot_chunk(p, pr)
+
+    # -- stepping per role ---------------------------------------------------------
+
+    def _step_stale(self, m: Message) -> None:
+        """A message from an older term (paper 5.1: rejected)."""
+        if (self._cfg.check_quorum or self._cfg.pre_vote) and m.type in (MT.APPEND, MT.HEARTBEAT):
+            # A leader partitioned away keeps its old term: with check-quorum
+            # or pre-vote our term may never reach it through a vote request,
+            # so tell it directly, or it would never step down.
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term))
+        elif m.type is MT.PRE_VOTE:
+            self._send(Message(MT.PRE_VOTE_RESPONSE, self._id, m.src, self._term, reject=True))
+        # Everything else from an old term is ignored.
+
+    def _step_follower(self, m: Message) -> None:
+        if m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+            self._election_elapsed = 0
+            self._leader = m.src
+            if m.type is MT.APPEND:
+                self._handle_append(m)
+            elif m.type is MT.HEARTBEAT:
+                self._handle_heartbeat(m)
+            else:
+                self._handle_snapshot(m)
+        elif m.type is MT.TIMEOUT_NOW:
+            # Dissertation 3.10: campaign at once, skipping pre-vote, with a
+            # vote request that voters must not ignore for the lease.
+            self._hup(transfer=True)
+
+    def _step_candidate(self, m: Message) -> None:
+        if m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+            # Paper 5.2: a leader of our term exists; return to follower.
+            self._become_follower(m.term, m.src)
+            self._step_follower(m)
+            return
+        mine = MT.PRE_VOTE_RESPONSE if self._role is Role.PRE_CANDIDATE else MT.VOTE_RESPONSE
+        if m.type is not mine:
+            return
+        result = self._poll(m.src, not m.reject)
+        if result is VoteResult.WON:
+            if self._role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False, transfer=False)
+            else:
+                self._become_leader()
+        elif result is VoteResult.LOST:
+            self._become_follower(self._term, NONE)
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None or m.src == self._id:
+            return
+        if m.type is MT.APPEND_RESPONSE:
+            pr.recent_active = True
+            if m.reject:
+                self._handle_append_rejected(m, pr)
+            else:
+                self._handle_append_accepted(m, pr)
+        elif m.type is MT.HEARTBEAT_RESPONSE:
+            self._handle_heartbeat_response(m, pr)
+        elif m.type is MT.SNAPSHOT_RESPONSE:
+            pr.recent_active = True
+            self._handle_snapshot_response(m, pr)
+
+    # -- follower: AppendEntries, heartbeats, InstallSnapshot ---------------------
+
+    def _handle_append(self, m: Message) -> None:
+        """AppendEntries receiver (paper Figure 2)."""
+        if m.index < self.log.committed:
+            # Everything up to our commit matches the leader already.
+            self._send(
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
+            )
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new))
+            return
+        hint, hint_term = self._reject_hint(m.index)
+        self._send(
+            Message(
+                MT.APPEND_RESPONSE,
+                self._id,
+                m.src,
+                self._term,
+                index=m.index,
+                reject=True,
+                reject_hint=hint,
+                reject_term=hint_term,
+            )
+        )
+
+    def _reject_hint(self, index: int) -> tuple[int, int]:
+        """Fast back-up (paper 5.3, "the follower can include the term of the
+        conflicting entry and the first index it stores for that term"):
+        (first index of the conflicting term, that term), or (our last index,
+        0) if our log is too short to contain ``index``."""
+        last = self.log.last_index()
+        if index > last:
+            return last, 0
+        term = self.log.term(index)
+        return self.log.first_index_of_term(index, self.log.committed + 1), term
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        # The leader sends commit = min(our match, its commit): safe to apply.
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context))
+
+    def _handle_snapshot(self, m: Message) -> None:
+        """One InstallSnapshot chunk (paper Figure 13, dissertation 5.3)."""
+        meta = m.snapshot
+        if meta is None:
+            raise RuntimeError("SNAPSHOT message without metadata")
+        if meta.index <= self.log.committed:
+            # We already have everything it covers.
+            self._snap_recv = None
+            self._send(
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
+            )
+            return
+        recv = self._snap_recv
+        if m.offset == 0:
+            # Figure 13 rule 2: offset 0 starts a new snapshot file.
+            recv = self._snap_recv = _SnapshotReceive(meta, bytearray(m.data))
+        elif recv is None or recv.meta != meta or m.offset != len(recv.data):
+            # Missing or mismatched chunk: say which offset we want.
+            want = len(recv.data) if recv is not None and recv.meta == meta else 0
+            self._send(
+                Message(
+                    MT.SNAPSHOT_RESPONSE, self._id, m.src, self._term, snapshot=meta, offset=want
+                )
+            )
+            return
+        else:
+            recv.data += m.data
+        if not m.done:
+            self._send(
+                Message(
+                    MT.SNAPSHOT_RESPONSE,
+                    self._id,
+                    m.src,
+                    self._term,
+                    snapshot=meta,
+                    offset=len(recv.data),
+                )
+            )
+            return
+        self._snap_recv = None
+        self._restore(Snapshot(meta=meta, data=bytes(recv.data)))
+        # The answer depends on the snapshot being persisted: it leaves in the
+        # same Ready as Ready.snapshot.
+        self._send(
+            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.last_index())
+        )
+
+    def _restore(self, snap: Snapshot) -> bool:
+        """Install ``snap`` unless it is stale (Figure 13 rules 6-8)."""
+        meta = snap.meta
+        if meta.index <= self.log.committed:
+            return False
+        if self.log.match_term(meta.index, meta.term):
+            # Rule 6: our log already has the snapshot's last entry: keep the
+            # entries after it; just learn that it is committed.
+            self.log.commit_to(meta.index)
+            return False
+        # Rule 7: discard the entire log.
+        self.log.restore(snap)
+        if meta.peers:
+            self._peers = meta.peers
+        return True
+
+    # -- leader: replication ------------------------------------------------------
+
+    def _append_entry(self, data: bytes, type_: EntryType) -> int:
+        index = self.log.last_index() + 1
+        self.log.append([Entry(index=index, term=self._term, data=data, type=type_)])
+        self._bcast_entries = True
+        return index
+
+    def _flush_broadcast(self) -> None:
+        if self._role is Role.LEADER and (self._bcast_entries or self._bcast_commit):
+            for p in self.progress:
+                if p != self._id:
+                    self._send_append_all(p, send_if_empty=self._bcast_commit)
+        self._bcast_entries = self._bcast_commit = False
+
+    def _send_append_all(self, to: int, send_if_empty: bool) -> None:
+        """Send as much as the peer's state allows: one probe in PROBE, a
+        pipeline of batches (bounded by inflights) in REPLICATE."""
+        if self._maybe_send_append(to, send_if_empty):
+            while self._maybe_send_append(to, send_if_empty=False):
+                pass
+
+    def _maybe_send_append(self, to: int, send_if_empty: bool) -> bool:
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        last = self.log.last_index()
+        try:
+            prev_term = self.log.term(prev)
+            ents = self.log.entries(pr.next, self._cfg.max_size_per_msg) if pr.next <= last else []
+        except CompactedError:
+            return self._send_snapshot(to, pr)
+        if not ents and not send_if_empty:
+            return False
+        size = sum(e.size() for e in ents)
+        self._send(
+            Message(
+                MT.APPEND,
+                self._id,
+                to,
+                self._term,
+                log_term=prev_term,
+                index=prev,
+                entries=tuple(ents),
+                commit=self.log.committed,
+            )
+        )
+        pr.sent_entries(ents[-1].index if ents else prev, len(ents), size)
+        return True
+
+    def _handle_append_rejected(self, m: Message, pr: Progress) -> None:
+        # Fast back-up: skip the follower's whole conflicting term at once.
+        if m.reject_term == 0:
+            match_hint = m.reject_hint  # the follower is short: its last index
+        else:
+            k = self.log.find_conflict_by_term(m.index, m.reject_term)
+            try:
+                same = self.log.term(k) == m.reject_term
+            except (CompactedError, UnavailableError):
+                same = False
+            # If we have the follower's term, the logs agree up to our last
+            # entry of it (Log Matching); otherwise nothing of it matches.
+            match_hint = k if same else min(k, m.reject_hint - 1)
+        if pr.maybe_decr_to(m.index, match_hint):
+            if pr.state is ProgressState.REPLICATE:
+                next_index = pr.next
+                pr.become_probe()
+                pr.next = next_index
+            self._send_append_all(m.src, send_if_empty=True)
+
+    def _handle_append_accepted(self, m: Message, pr: Progress) -> None:
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT:
+            if pr.match + 1 >= self.log.first_index():
+                pr.become_probe()
+                pr.become_replicate()
+        else:
+            pr.inflights.free_le(m.index)
+        if not self._commit_if_possible() and was_paused:
+            self._send_append_all(m.src, send_if_empty=True)
+        self._send_append_all(m.src, send_if_empty=False)
+        if m.src == self._lead_transferee and pr.match == self.log.last_index():
+            self._send_timeout_now(m.src)
+
+    def _commit_if_possible(self) -> bool:
+        if not self._maybe_commit():
+            return False
+        self._bcast_commit = True
+        if self._pending_reads and self._committed_in_current_term():
+            reads, self._pending_reads = self._pending_reads, []
+            self._start_reads(reads)
+        return True
+
+    def _committed_in_current_term(self) -> bool:
+        try:
+            return self.log.term(self.log.committed) == self._term
+        except (CompactedError, UnavailableError):
+            return False
+
+    def _send_timeout_now(self, to: int) -> None:
+        self._send(Message(MT.TIMEOUT_NOW, self._id, to, self._term))
+
+    # -- leader: heartbeats and ReadIndex -----------------------------------------
+
+    def _bcast_heartbeat(self, context: bytes) -> None:
+        for p, pr in self.progress.items():
+            if p != self._id:
+                # Never tell a follower to commit past what it has acked.
+                commit = min(pr.match, self.log.committed)
+                self._send(
+                    Message(MT.HEARTBEAT, self._id, p, self._term, commit=commit, context=context)
+                )
+
+    def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.state is not ProgressState.SNAPSHOT and pr.match < self.log.last_index():
+            self._send_append_all(m.src, send_if_empty=True)
+        if m.context and self._read_only.recv_ack(m.src, m.context, self._peers):
+            for st in self._read_only.advance(m.context):
+                self._read_states.append(ReadState(st.index, st.context))
+
+    def _start_reads(self, contexts: list[bytes]) -> None:
+        """Dissertation 6.4 steps 2-3: record commit as the read index and
+        confirm leadership with a heartbeat round."""
+        index = self.log.committed
+        if has_quorum(self._peers, [self._id]):
+            # Single-node cluster: we are the majority.
+            self._read_states.extend(ReadState(index, c) for c in contexts)
+            return
+        added = [c for c in contexts if self._read_only.add_request(index, c, self._id)]
+        if added:
+            self._bcast_heartbeat(added[-1])
+
+    # -- leader: InstallSnapshot --------------------------------------------------
+
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
+        if not pr.recent_active:
+            return False  # don't ship a snapshot to a peer that may be down
+        snap = self.log.snapshot()
+        if snap.empty:
+            raise RuntimeError(f"log compacted before {self.log.first_index()} without a snapshot")
+        pr.become_snapshot(snap)
+        self._send_snapshot_chunk(to, pr)
+        return True
+
+    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
+        snap = pr.snap
+        if snap is None:
+            raise RuntimeError("no snapshot to send")
+        off = pr.snap_offset
+        chunk = snap.data[off : off + self._cfg.snapshot_chunk_size]
+        done = off + len(chunk) >= len(snap.data)
+        pr.snap_idle_ticks = 0
+        self._send(
+            Message(
+                MT.SNAPSHOT,
+                self._id,
+                to,
+                self._term,
+                snapshot=snap.meta,
+                offset=off,
+                data=chunk,
+                done=done,
+            )
+        )
+
+    def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
+        if pr.state is not ProgressState.SNAPSHOT or pr.snap is None or m.snapshot != pr.snap.meta:
+            return
+        if m.offset > pr.snap_offset or (m.offset == 0 and pr.snap_offset != 0):
+            # Progress (or the follower restarted its buffer): next chunk.
+            pr.snap_offset = min(m.offset, len(pr.snap.data))
+            self._send_snapshot_chunk(m.src, pr)
+        # Otherwise a duplicate answer; the resend timer covers losses.
+
+    # -- output -------------------------------------------------------------------
+
+    def _send(self, m: Message) -> None:
+        self._msgs.append(m)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self._term, self._vote, self.log.committed)

@@ -1,0 +1,415 @@
+"""``FileStorage``: the durable ``Storage``, a WAL plus a snapshot store.
+
+Data directory layout::
+
+    <dir>/LOCK          flock'ed while open: one process per directory
+    <dir>/wal/*.wal     the segmented write-ahead log (format: raft/wal.py)
+    <dir>/snap/*.snap   snapshot files (format: raft/snapshot_store.py)
+
+Semantics are exactly ``MemoryStorage``'s (same results, same exceptions; a
+contract suite runs against both), with "handed to save" replaced by "on
+disk": when a write method returns, its effect survives any crash, and a
+write interrupted by a crash is all-or-nothing after restart.
+
+Everything readable (entries, hard state, current snapshot) is also held in
+memory, so reads never touch the disk; the log is bounded by compaction and
+the snapshot is the application state, which the node holds in memory anyway.
+
+Durability, per method:
+
+* ``save(hs, entries, snapshot)``: an installed snapshot is first written as a
+  file (temp, fsync, rename, fsync dir); then one WAL batch — ``SNAPSHOT``
+  reset record, ``ENTRY`` records, ``HARD_STATE`` — goes out in one write
+  and one fdatasync (plus a directory fsync if the segment rotated). Only
+  then is memory updated, older snapshot files and dead segments deleted.
+* ``create_snapshot``: snapshot file durable, then a ``SNAPSHOT`` record.
+* ``compact``: a ``COMPACT`` record, then deletion of segments it obsoletes.
+
+Failures are fail-stop. Any ``OSError`` while writing (``ENOSPC`` included,
+reported as "disk full") raises ``StorageFailedError`` and every later write
+is refused: after a failed fsync the kernel may have dropped the dirty pages
+and cleared the error ("fsyncgate", PostgreSQL 2018), so retrying could
+report success for data that is gone. The node must restart, and recovery
+reads what actually reached the disk.
+
+``fsync=False`` skips every fsync: fast, and *unsafe* — acknowledged writes
+can be lost in a power failure. For tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from raft.fileio import FileLock, FileSystem, OsFileSystem
+from raft.snapshot_store import CorruptSnapshotError, SnapshotStore
+from raft.storage import (
+    CompactedError,
+    SnapshotOutOfDateError,
+    StorageError,
+    UnavailableError,
+    limit_size,
+)
+from raft.types import Entry, HardState, Snapshot, SnapshotMeta
+from raft.wal import (
+    DEFAULT_SEGMENT_BYTES,
+    CompactMark,
+    CorruptLogError,
+    Record,
+    SnapshotMark,
+    Wal,
+    WalState,
+)
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "CorruptLogError",
+    "CorruptSnapshotError",
+    "FileStorage",
+    "StorageFailedError",
+    "StorageLockedError",
+]
+
+log = logging.getLogger(__name__)
+
+
+class StorageLockedError(StorageError):
+    """Another ``FileStorage`` (in this or another process) has the directory."""
+
+
+class StorageFailedError(StorageError):
+    """A write failed; the storage refuses further writes (fail-stop)."""
+
+
+def _describe(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "disk full (ENOSPC)"
+    return f"I/O error ({e})"
+
+
+class FileStorage:
+    """Durable ``Storage`` in directory ``path``; see the module doc.
+
+    ``segment_bytes``: WAL segment size bound (a batch may overshoot it).
+    ``fsync=False`` is unsafe (tests and benchmarks only). ``fs`` is the
+    file-system seam (``raft/fileio.py``), replaced in crash tests.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fsync: bool = True,
+        fs: FileSystem | None = None,
+    ) -> None:
+        if segment_bytes <= 0:
+            raise ValueError("segment_bytes must be positive")
+        self._fs: FileSystem = fs if fs is not None else OsFileSystem()
+        self._dir = os.fspath(path)
+        self._fsync = fsync
+        self._failed: str | None = None
+        self._closed = False
+        self._lock = self._lock_dir()
+        try:
+            self._open(segment_bytes)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _lock_dir(self) -> FileLock:
+        fs = self._fs
+        try:
+            if fs.exists(self._dir) and not fs.isdir(self._dir):
+                raise StorageError(f"data dir {self._dir} exists and is not a directory")
+            fs.makedirs(self._dir)
+            return fs.lock(os.path.join(self._dir, "LOCK"))
+        except BlockingIOError as e:
+            raise StorageLockedError(
+                f"data dir {self._dir} is in use by another process (LOCK is held)"
+            ) from e
+        except OSError as e:
+            raise StorageError(f"cannot open data dir {self._dir}: {e.strerror or e}") from e
+
+    def _open(self, segment_bytes: int) -> None:
+        fs = self._fs
+        try:
+            self._snaps = SnapshotStore(fs, os.path.join(self._dir, "snap"), fsync=self._fsync)
+            self._snaps.remove_temporaries()
+            self._wal, rec = Wal.open(
+                fs,
+                os.path.join(self._dir, "wal"),
+                segment_bytes=segment_bytes,
+                fsync=self._fsync,
+            )
+            if self._fsync:
+                fs.fsync_dir(self._dir)  # the wal/ and snap/ entries themselves
+            self._hard_state = rec.hard_state
+            self._entries = rec.entries
+            self._snapshot = self._load_snapshot(rec.snap_index, rec.snap_term)
+        except OSError as e:
+            raise StorageError(f"cannot open data dir {self._dir}: {_describe(e)}") from e
+        log.info(
+            "opened %s: snapshot %d, log %d..%d, %s",
+            self._dir,
+            self._snapshot.meta.index,
+            self.first_index(),
+            self.last_index(),
+            self._hard_state,
+        )
+
+    def _load_snapshot(self, index: int, term: int) -> Snapshot:
+        """The snapshot the WAL names; files it does not name are leftovers of
+        interrupted operations (newer) or of cleanups a crash cut short (older)."""
+        store = self._snaps
+        others = [(i, t) for i, t in store.list() if (i, t) != (index, term)]
+        for i, t in others:
+            if i < index:
+                continue
+            if self._wal.segment_paths:
+                log.warning("%s: removing unused snapshot %d (term %d)", self._dir, i, t)
+                store.remove(i, t)
+            else:
+                # No WAL at all next to snapshot files: possibly a first
+                # install cut short, possibly a lost wal/ directory. Keep
+                # the files for an operator rather than delete them.
+                log.warning(
+                    "%s: ignoring snapshot %d (term %d) not named by the WAL", self._dir, i, t
+                )
+        if index == 0:
+            return Snapshot()
+        try:
+            snap = store.load(index, term)
+        except CorruptSnapshotError as e:
+            # Fall back to an older snapshot if the log still reaches back to
+            # it (nothing was compacted past it); else there is no way to
+            # rebuild the state machine, and starting would lose data.
+            offset = self._entries[0].index
+            for i, t in reversed(others):
+                if i < index and i >= offset:
+                    try:
+                        old = store.load(i, t)
+                    except CorruptSnapshotError as e2:
+                        log.warning("%s", e2)
+                        continue
+                    log.warning("%s; falling back to snapshot %d", e, i)
+                    return old
+            raise CorruptSnapshotError(f"{e}; no usable older snapshot") from e
+        for i, t in others:
+            if i < index:
+                store.remove(i, t)
+        return snap
+
+    # -- read side (same as MemoryStorage) ---------------------------------
+
+    def initial_state(self) -> tuple[HardState, frozenset[int]]:
+        return self._hard_state, self._snapshot.meta.peers
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._hard_state
+
+    @property
+    def path(self) -> str:
+        return self._dir
+
+    def _offset(self) -> int:
+        return self._entries[0].index
+
+    def first_index(self) -> int:
+        return self._offset() + 1
+
+    def last_index(self) -> int:
+        return self._offset() + len(self._entries) - 1
+
+    def term(self, index: int) -> int:
+        offset = self._offset()
+        if index < offset:
+            raise CompactedError(f"index {index} compacted (first is {offset + 1})")
+        if index > self.last_index():
+            raise UnavailableError(f"index {index} beyond last {self.last_index()}")
+        return self._entries[index - offset].term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        offset = self._offset()
+        if lo <= offset:
+            raise CompactedError(f"index {lo} compacted (first is {offset + 1})")
+        if hi > self.last_index() + 1:
+            raise UnavailableError(f"index {hi - 1} beyond last {self.last_index()}")
+        return limit_size(self._entries[lo - offset : hi - offset], max_bytes)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    # -- write side --------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self._dir} is closed")
+        if self._failed is not None:
+            raise StorageFailedError(
+                f"storage {self._dir} refuses writes after an earlier failure "
+                f"({self._failed}); restart to recover"
+            )
+
+    def _fail(self, e: OSError, what: str) -> StorageFailedError:
+        reason = f"{_describe(e)} during {what}"
+        self._failed = reason
+        log.error("%s: %s; refusing further writes", self._dir, reason)
+        return StorageFailedError(
+            f"storage {self._dir}: {reason}; the storage now refuses writes, restart to recover"
+        )
+
+    def _wal_state(self) -> WalState:
+        return WalState(
+            snap_index=self._snapshot.meta.index,
+            snap_term=self._snapshot.meta.term,
+            offset_index=self._entries[0].index,
+            offset_term=self._entries[0].term,
+            hard_state=self._hard_state,
+            last_index=self.last_index(),
+        )
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        self._check_writable()
+        # Validate everything before writing anything, so a rejected call
+        # leaves disk and memory untouched.
+        install = snapshot if snapshot is not None and not snapshot.empty else None
+        if install is not None and install.meta.index <= self._snapshot.meta.index:
+            raise SnapshotOutOfDateError(
+                f"snapshot at {install.meta.index} is not newer than {self._snapshot.meta.index}"
+            )
+        for prev, e in itertools.pairwise(entries):
+            if e.index != prev.index + 1:
+                raise ValueError(f"entries not contiguous: {prev.index} then {e.index}")
+        if install is not None:
+            offset, last = install.meta.index, install.meta.index
+        else:
+            offset, last = self._offset(), self.last_index()
+        new = list(entries)
+        first = offset + 1
+        # Entries already covered by the snapshot are committed and must agree
+        # with it (Log Matching); skip them.
+        if new and new[-1].index < first:
+            new = []
+        elif new and new[0].index < first:
+            new = new[first - new[0].index :]
+        if new and new[0].index > last + 1:
+            raise UnavailableError(f"append at {new[0].index} leaves a gap after {last}")
+
+        records: list[Record] = []
+        if install is not None:
+            records.append(SnapshotMark(install.meta.index, install.meta.term, reset=True))
+        records.extend(new)
+        if hard_state is not None and hard_state != self._hard_state:
+            records.append(hard_state)
+        if not records:
+            return
+        try:
+            if install is not None:
+                # The file first: the WAL record naming it must never be
+                # durable while the file is not.
+                self._snaps.save(install)
+            self._wal.write(records, self._wal_state())
+        except OSError as e:
+            raise self._fail(e, "save") from e
+
+        old_snap = self._snapshot
+        if install is not None:
+            self._snapshot = install
+            self._entries = [Entry(index=install.meta.index, term=install.meta.term)]
+        if new:
+            del self._entries[new[0].index - self._offset() :]
+            self._entries.extend(new)
+        if hard_state is not None:
+            self._hard_state = hard_state
+        if install is not None:
+            self._cleanup(old_snap)
+
+    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+        self._check_writable()
+        if index <= self._snapshot.meta.index:
+            raise SnapshotOutOfDateError(
+                f"snapshot at {index} is not newer than {self._snapshot.meta.index}"
+            )
+        if index > self.last_index():
+            raise UnavailableError(f"snapshot index {index} beyond last {self.last_index()}")
+        meta = SnapshotMeta(index=index, term=self.term(index), peers=peers)
+        snap = Snapshot(meta=meta, data=data)
+        try:
+            self._snaps.save(snap)
+            self._wal.write([SnapshotMark(index, meta.term, reset=False)], self._wal_state())
+        except OSError as e:
+            raise self._fail(e, "create_snapshot") from e
+        old, self._snapshot = self._snapshot, snap
+        self._cleanup(old)
+        return snap
+
+    def compact(self, index: int) -> None:
+        self._check_writable()
+        offset = self._offset()
+        if index <= offset:
+            raise CompactedError(f"index {index} already compacted (first is {offset + 1})")
+        if index > self._snapshot.meta.index:
+            raise UnavailableError(
+                f"cannot compact to {index} past the snapshot at {self._snapshot.meta.index}"
+            )
+        term = self.term(index)
+        try:
+            self._wal.write([CompactMark(index, term)], self._wal_state())
+        except OSError as e:
+            raise self._fail(e, "compact") from e
+        keep = self._entries[index - offset :]
+        self._entries = [Entry(index=index, term=term), *keep[1:]]
+        self._release()
+
+    def _cleanup(self, old_snap: Snapshot) -> None:
+        """After a new snapshot is named durably: drop the old file and the
+        segments the new log start made redundant."""
+        try:
+            if not old_snap.empty:
+                self._snaps.remove(old_snap.meta.index, old_snap.meta.term)
+        except OSError as e:
+            raise self._fail(e, "snapshot cleanup") from e
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            removed = self._wal.release(self._offset())
+        except OSError as e:
+            raise self._fail(e, "segment deletion") from e
+        for path in removed:
+            log.debug("removed WAL segment %s", path)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._wal.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> FileStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FileStorage({self._dir!r})"

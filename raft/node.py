@@ -1,0 +1,544 @@
+"""``RaftNode``: the asyncio driver of one ``RaftCore``.
+
+The only asyncio code in ``raft/``. It keeps time (a tick every
+``tick_interval`` seconds), feeds the core what arrives (peer messages,
+proposals, reads), and drains ``ready()`` in the order the core's contract
+demands:
+
+1. persist hard state, entries and snapshot (one ``Storage.save``: one fsync),
+2. send messages (only now may anything that depends on them leave),
+3. apply committed entries to the state machine and wake their proposers,
+4. ``advance()``.
+
+The drain is one synchronous callback scheduled with ``call_soon`` when the
+core has work: everything that arrived in the same event-loop iteration (many
+proposals, many peer messages) is persisted by one fsync (group commit), and
+the core is never touched by two things at once.
+
+Requests from peers are answered on the same RPC call: ``handle_request``
+steps the message and waits until the drain emits the core's response to that
+peer, which happens only after step 1. A message the core ignores gets an
+empty reply when the drain completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from random import Random
+from typing import Any, Protocol
+
+from raft.core import Config, NotLeader, RaftCore, Ready
+from raft.storage import Storage
+from raft.types import NONE, Entry, EntryType, Message, MessageType, Role, Snapshot
+
+__all__ = [
+    "LeadershipLost",
+    "NodeConfig",
+    "NodeStatus",
+    "NodeStopped",
+    "RaftNode",
+    "StateMachine",
+    "Transport",
+]
+
+log = logging.getLogger("raft.node")
+
+# Which responses answer which request (see module doc). A snapshot transfer
+# ends with an APPEND_RESPONSE once the snapshot is installed.
+_RESPONSES: dict[MessageType, frozenset[MessageType]] = {
+    MessageType.APPEND: frozenset({MessageType.APPEND_RESPONSE}),
+    MessageType.HEARTBEAT: frozenset({MessageType.HEARTBEAT_RESPONSE}),
+    MessageType.VOTE: frozenset({MessageType.VOTE_RESPONSE}),
+    MessageType.PRE_VOTE: frozenset({MessageType.PRE_VOTE_RESPONSE}),
+    MessageType.SNAPSHOT: frozenset({MessageType.SNAPSHOT_RESPONSE, MessageType.APPEND_RESPONSE}),
+    MessageType.TIMEOUT_NOW: frozenset(),
+}
+
+
+class StateMachine(Protocol):
+    """The application. ``apply`` must be deterministic (see
+    kvserver/state_machine.py for the full contract)."""
+
+    def apply(self, index: int, data: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends request messages to peers; replies come back via ``RaftNode.step``."""
+
+    def send(self, msg: Message) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NodeStopped(Exception):
+    """The node shut down before the operation finished."""
+
+
+class LeadershipLost(Exception):
+    """This node stopped being leader while the proposal was in flight: it
+    may or may not commit. Retry with the same request id (at-most-once)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: int
+    peers: frozenset[int]
+    #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms, election
+    #: timeout randomized from 300 ms (12 ticks) up to twice that.
+    tick_interval: float = 0.025
+    heartbeat_tick: int = 1
+    election_tick: int = 12
+    pre_vote: bool = True
+    check_quorum: bool = True
+    #: Take a snapshot once the log holds more than this many bytes of
+    #: entries since the last one (the seed's maxraftstate); None: never.
+    max_raft_state: int | None = None
+    #: Entries kept behind a snapshot so a slightly lagging follower can catch
+    #: up from the log instead of needing the whole snapshot.
+    snapshot_catchup_entries: int = 1000
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    id: int
+    role: Role
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    first_index: int
+    snapshot_index: int
+
+
+@dataclass(slots=True)
+class _Waiter:
+    accepts: frozenset[MessageType]
+    future: asyncio.Future[Message | None]
+
+
+@dataclass(slots=True)
+class _Proposal:
+    term: int
+    future: asyncio.Future[tuple[int, Any]]
+
+
+@dataclass(slots=True)
+class _Reads:
+    # context -> future waiting for its ReadState
+    by_context: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
+    # (read index, future) released once applied >= read index
+    waiting_apply: deque[tuple[int, asyncio.Future[int]]] = field(default_factory=deque)
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: Storage,
+        state_machine: StateMachine,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self._storage = storage
+        self._fsm = state_machine
+        self._transport = transport
+        self._log = logging.LoggerAdapter(log, {"node_id": config.id})
+        snapshot = storage.snapshot()
+        applied = 0
+        if not snapshot.empty:
+            state_machine.restore(snapshot.data)
+            applied = snapshot.meta.index
+        self._applied = applied
+        self._snapshot_index = snapshot.meta.index
+        self._core = RaftCore(
+            Config(
+                id=config.id,
+                peers=config.peers,
+                rng=Random(config.seed),
+                election_tick=config.election_tick,
+                heartbeat_tick=config.heartbeat_tick,
+                pre_vote=config.pre_vote,
+                check_quorum=config.check_quorum,
+                max_size_per_msg=config.max_size_per_msg,
+                max_inflight_msgs=config.max_inflight_msgs,
+                applied=applied,
+            ),
+            storage,
+        )
+        # Sizes of the persisted entries after the snapshot index: the "raft
+        # state" that --max-raft-state bounds.
+        self._log_sizes: deque[tuple[int, int]] = deque()
+        self._log_bytes = 0
+        last = storage.last_index()
+        if last > self._snapshot_index:
+            for e in storage.entries(max(storage.first_index(), self._snapshot_index + 1),
+                                     last + 1):
+                self._track_entry(e)
+        self._role = Role.FOLLOWER
+        self._leader = NONE
+        self._waiters: dict[int, deque[_Waiter]] = {}
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads = _Reads()
+        self._read_counter = 0
+        self._drain_scheduled = False
+        self._ticker: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
+        #: Called with (old_role, new_role, leader) when the role or leader changes.
+        self.on_role_change: Callable[[Role, Role, int], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def set_transport(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def start(self) -> None:
+        if self._transport is None:
+            raise RuntimeError("RaftNode.start() needs a transport")
+        self._loop = asyncio.get_running_loop()
+        self._log.info("node %d starting: term %d, applied %d, last index %d",
+                       self.id, self._core.term, self._applied, self._core.log.last_index())
+        self._schedule_tick(self._loop.time())
+        self._schedule_drain()
+
+    async def stop(self) -> None:
+        """Stop ticking, fail everything pending, close the transport and storage."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._fail_pending(NodeStopped(f"node {self.id} stopped"))
+        if self._transport is not None:
+            await self._transport.close()
+        self._storage.close()
+        self._log.info("node %d stopped", self.id)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Set when the node stopped itself because storage failed."""
+        return self._failure
+
+    async def wait_failed(self) -> BaseException:
+        """Return once the node has stopped itself on a fatal error."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    # -- inputs ------------------------------------------------------------------
+
+    def step(self, msg: Message) -> None:
+        """A message from a peer that needs no reply on the same call
+        (responses to our requests)."""
+        if self._stopped:
+            return
+        self._core.step(msg)
+        self._schedule_drain()
+
+    async def handle_request(self, msg: Message) -> Message | None:
+        """A request from a peer; returns the core's response to it, sent
+        only after what it depends on is durable (or None if ignored)."""
+        if self._stopped:
+            return None
+        accepts = _RESPONSES.get(msg.type, frozenset())
+        future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+        if accepts:
+            self._waiters.setdefault(msg.src, deque()).append(_Waiter(accepts, future))
+        else:
+            future.set_result(None)
+        self._core.step(msg)
+        self._schedule_drain()
+        return await future
+
+    async def propose(self, data: bytes) -> tuple[int, Any]:
+        """Replicate ``data``; returns (index, state machine result) once the
+        entry is committed and applied here. Raises ``NotLeader`` (with a
+        hint), ``ProposalDropped``, ``LeadershipLost`` or ``NodeStopped``."""
+        self._check_running()
+        index = self._core.propose(data)
+        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = _Proposal(self._core.term, future)
+        self._schedule_drain()
+        return await future
+
+    async def read_index(self) -> int:
+        """Wait until a linearizable read may be served from the local state
+        machine (ReadIndex, dissertation 6.4); returns the read index. Raises
+        ``NotLeader`` or ``NodeStopped``; a caller should bound it with a
+        timeout (a partitioned leader never gets its quorum round)."""
+        self._check_running()
+        self._read_counter += 1
+        context = struct.pack(">Q", self._read_counter)
+        self._core.read_index(context)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads.by_context[context] = future
+        self._schedule_drain()
+        return await future
+
+    def transfer_leader(self, to: int) -> None:
+        self._check_running()
+        self._core.transfer_leader(to)
+        self._schedule_drain()
+
+    def report_unreachable(self, peer: int) -> None:
+        """The transport could not reach ``peer``: stop streaming to it."""
+        if self._stopped:
+            return
+        self._core.report_unreachable(peer)
+        self._schedule_drain()
+
+    def campaign(self) -> None:
+        self._check_running()
+        self._core.campaign()
+        self._schedule_drain()
+
+    def status(self) -> NodeStatus:
+        core = self._core
+        return NodeStatus(
+            id=self.id,
+            role=core.role,
+            term=core.term,
+            leader=core.leader,
+            commit=core.log.committed,
+            applied=self._applied,
+            last_index=core.log.last_index(),
+            first_index=self._storage.first_index(),
+            snapshot_index=self._snapshot_index,
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core.role is Role.LEADER
+
+    @property
+    def leader(self) -> int:
+        return self._core.leader
+
+    # -- the drain ---------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise NodeStopped(f"node {self.id} is stopped")
+
+    def _schedule_tick(self, when: float) -> None:
+        assert self._loop is not None
+        self._ticker = self._loop.call_at(when, self._on_tick, when)
+
+    def _on_tick(self, scheduled: float) -> None:
+        if self._stopped:
+            return
+        self._core.tick()
+        self._schedule_drain()
+        assert self._loop is not None
+        # Keep a steady cadence; if the loop fell behind, skip ahead rather
+        # than firing a burst of ticks (which would expire election timers).
+        nxt = scheduled + self.config.tick_interval
+        now = self._loop.time()
+        if nxt < now:
+            nxt = now + self.config.tick_interval
+        self._schedule_tick(nxt)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and not self._stopped:
+            self._drain_scheduled = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        if self._stopped:
+            return
+        try:
+            while self._core.has_ready():
+                self._handle_ready(self._core.ready())
+            self._maybe_snapshot()
+        except Exception as exc:
+            # Storage failures (full disk, failed fsync) leave the on-disk
+            # state unknown: stop rather than continue (fail-stop).
+            self._log.critical("node %d: fatal error, stopping: %s", self.id, exc,
+                               exc_info=True)
+            self._failure = exc
+            self._failed.set()
+            self._stopped = True
+            if self._ticker is not None:
+                self._ticker.cancel()
+            self._fail_pending(NodeStopped(f"node {self.id} failed: {exc}"))
+            return
+        # Requests the core ignored get an empty reply.
+        for waiters in self._waiters.values():
+            for w in waiters:
+                if not w.future.done():
+                    w.future.set_result(None)
+        self._waiters.clear()
+
+    def _handle_ready(self, rd: Ready) -> None:
+        # 1. Persist: everything below may depend on it.
+        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            self._storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.snapshot is not None and not rd.snapshot.empty:
+                self._forget_sizes_through(rd.snapshot.meta.index)
+            for e in rd.entries:
+                self._track_entry(e)
+        # 2. Send.
+        for msg in rd.messages:
+            self._dispatch(msg)
+        # 3. Apply.
+        if rd.snapshot is not None and not rd.snapshot.empty:
+            self._install_snapshot(rd.snapshot)
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            future = self._reads.by_context.pop(rs.context, None)
+            if future is not None and not future.done():
+                self._reads.waiting_apply.append((rs.index, future))
+        self._release_reads()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        # 4. Advance.
+        self._core.advance(rd)
+
+    def _dispatch(self, msg: Message) -> None:
+        waiters = self._waiters.get(msg.dst)
+        if waiters:
+            for w in waiters:
+                if msg.type in w.accepts and not w.future.done():
+                    w.future.set_result(msg)
+                    waiters.remove(w)
+                    return
+        if msg.type in _RESPONSES:
+            assert self._transport is not None
+            self._transport.send(msg)
+        # A response whose request's call already ended is dropped: Raft
+        # tolerates lost messages, and the peer will retry.
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        self._fsm.restore(snapshot.data)
+        self._applied = snapshot.meta.index
+        self._snapshot_index = snapshot.meta.index
+        for index in [i for i in self._proposals if i <= snapshot.meta.index]:
+            # Overtaken by a snapshot: we cannot tell what was at that index.
+            self._proposals.pop(index).future.set_exception(
+                LeadershipLost(f"entry {index} was replaced by a snapshot")
+            )
+        self._log.info("node %d installed snapshot at index %d term %d",
+                       self.id, snapshot.meta.index, snapshot.meta.term)
+
+    def _apply(self, entry: Entry) -> None:
+        result: Any = None
+        if entry.type is EntryType.NORMAL:
+            result = self._fsm.apply(entry.index, entry.data)
+        self._applied = entry.index
+        proposal = self._proposals.pop(entry.index, None)
+        if proposal is not None and not proposal.future.done():
+            if proposal.term == entry.term:
+                proposal.future.set_result((entry.index, result))
+            else:
+                proposal.future.set_exception(
+                    LeadershipLost(f"entry {entry.index} was overwritten by term {entry.term}")
+                )
+
+    def _release_reads(self) -> None:
+        waiting = self._reads.waiting_apply
+        while waiting and waiting[0][0] <= self._applied:
+            index, future = waiting.popleft()
+            if not future.done():
+                future.set_result(index)
+
+    def _on_soft_state(self, role: Role, leader: int) -> None:
+        old = self._role
+        self._role, self._leader = role, leader
+        if old is Role.LEADER and role is not Role.LEADER:
+            self._log.info("node %d stepped down (term %d, leader now %d)",
+                           self.id, self._core.term, leader)
+            self._fail_leader_work(leader)
+        elif role is Role.LEADER and old is not Role.LEADER:
+            self._log.info("node %d became leader in term %d", self.id, self._core.term)
+        if self.on_role_change is not None:
+            self.on_role_change(old, role, leader)
+
+    def _fail_leader_work(self, leader: int) -> None:
+        for proposal in self._proposals.values():
+            if not proposal.future.done():
+                proposal.future.set_exception(
+                    LeadershipLost(f"node {self.id} lost leadership; outcome unknown")
+                )
+        self._proposals.clear()
+        for future in self._reads.by_context.values():
+            if not future.done():
+                future.set_exception(NotLeader(leader))
+        self._reads.by_context.clear()
+        # Reads already confirmed by a quorum stay valid: their index was
+        # current when confirmed, and serving them after applying is safe.
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for proposal in self._proposals.values():
+            if not proposal.future.done():
+                proposal.future.set_exception(exc)
+        self._proposals.clear()
+        for future in self._reads.by_context.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._reads.by_context.clear()
+        for _, future in self._reads.waiting_apply:
+            if not future.done():
+                future.set_exception(exc)
+        self._reads.waiting_apply.clear()
+        for waiters in self._waiters.values():
+            for w in waiters:
+                if not w.future.done():
+                    w.future.set_result(None)
+        self._waiters.clear()
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        limit = self.config.max_raft_state
+        if limit is None or self._log_bytes < limit:
+            return
+        if self._applied <= self._snapshot_index:
+            return
+        self.snapshot_now()
+
+    def _track_entry(self, entry: Entry) -> None:
+        # A stored entry at or after this index conflicted and is replaced.
+        while self._log_sizes and self._log_sizes[-1][0] >= entry.index:
+            self._log_bytes -= self._log_sizes.pop()[1]
+        size = entry.size()
+        self._log_sizes.append((entry.index, size))
+        self._log_bytes += size
+
+    def _forget_sizes_through(self, index: int) -> None:
+        while self._log_sizes and self._log_sizes[0][0] <= index:
+            self._log_bytes -= self._log_sizes.popleft()[1]
+
+    def snapshot_now(self) -> None:
+        """Snapshot the state machine at the applied index and compact the log."""
+        index = self._applied
+        if index <= self._snapshot_index:
+            return
+        data = self._fsm.snapshot()
+        self._storage.create_snapshot(index, data, self.config.peers)
+        self._snapshot_index = index
+        self._forget_sizes_through(index)
+        compact_to = index - self.config.snapshot_catchup_entries
+        if compact_to >= self._storage.first_index():
+            self._storage.compact(compact_to)
+        self._log.info("node %d snapshot at index %d (%d bytes), log from %d",
+                       self.id, index, len(data), self._storage.first_index())

@@ -1,0 +1,156 @@
+"""Raft messages over the ``rpc`` framework (``raftRpc`` in raft.proto).
+
+Sending: each request message becomes a call of the raftRpc method named for
+its type on the channel to its destination; the reply (the peer's response,
+sent after the peer persisted what it depends on) is stepped into our node.
+Each peer has its own multiplexed channel and every call is its own task, so
+a dead or slow peer only fails its own calls (the channel fails fast while it
+backs off reconnecting) and never blocks the others. A failed call tells the
+core the peer is unreachable, which sends it back to probing.
+
+Receiving: ``RaftService`` is registered on the node's ``RpcProvider`` (the
+same port serves clients). A request is handed to ``RaftNode.handle_request``,
+whose result is the reply. Peers are identified by the ``src`` id inside the
+message, never by the connection's source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from raft import raft_pb2
+from raft.types import Message, MessageType
+from raft.wire import RPC_METHOD, message_from_pb, message_to_pb
+from rpc import RpcChannel, RpcError, Status
+
+__all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
+
+log = logging.getLogger("raft.transport")
+
+RAFT_SERVICE = raft_pb2.DESCRIPTOR.services_by_name["raftRpc"]
+_SERVICE_NAME = RAFT_SERVICE.full_name
+_ALLOWED: dict[str, frozenset[MessageType]] = {}
+for _type, _method in RPC_METHOD.items():
+    _ALLOWED.setdefault(_method, frozenset())
+    _ALLOWED[_method] = _ALLOWED[_method] | {_type}
+
+
+class RaftService:
+    """The receiving side: implements raftRpc for an ``RpcProvider``."""
+
+    def __init__(
+        self, node_id: int, handler: Callable[[Message], Awaitable[Message | None]]
+    ) -> None:
+        self._id = node_id
+        self._handler = handler
+
+    async def _handle(self, method: str, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+        try:
+            msg = message_from_pb(request)
+        except ValueError as exc:
+            raise RpcError(Status.BAD_REQUEST, f"bad raft message: {exc}") from None
+        if msg.type not in _ALLOWED[method] or msg.dst != self._id:
+            raise RpcError(
+                Status.BAD_REQUEST,
+                f"{method} cannot carry {msg.type.name} for node {msg.dst} (this is {self._id})"
+            )
+        response = await self._handler(msg)
+        reply = raft_pb2.RaftReply()
+        if response is not None:
+            reply.messages.append(message_to_pb(response))
+        return reply
+
+    async def AppendEntries(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+        return await self._handle("AppendEntries", request)
+
+    async def RequestVote(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+        return await self._handle("RequestVote", request)
+
+    async def InstallSnapshot(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+        return await self._handle("InstallSnapshot", request)
+
+    async def TimeoutNow(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+        return await self._handle("TimeoutNow", request)
+
+
+class RpcTransport:
+    """The sending side: one channel per peer, replies stepped into the node."""
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: Mapping[int, tuple[str, int]],
+        *,
+        deliver: Callable[[Message], None],
+        unreachable: Callable[[int], None] | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self._id = node_id
+        self._channels = {
+            peer: RpcChannel(host, port, backoff_initial=0.02, backoff_max=0.5)
+            for peer, (host, port) in peers.items()
+            if peer != node_id
+        }
+        self._deliver = deliver
+        self._unreachable = unreachable
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._down: set[int] = set()
+
+    def send(self, msg: Message) -> None:
+        if self._closed:
+            return
+        channel = self._channels.get(msg.dst)
+        if channel is None:
+            log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
+            return
+        task = asyncio.get_running_loop().create_task(self._call(channel, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, channel: RpcChannel, msg: Message) -> None:
+        try:
+            reply = await channel.call(
+                _SERVICE_NAME,
+                RPC_METHOD[msg.type],
+                message_to_pb(msg),
+                raft_pb2.RaftReply,
+                timeout=self._timeout,
+            )
+        except RpcError as exc:
+            if msg.dst not in self._down:
+                self._down.add(msg.dst)
+                log.info("node %d: peer %d unreachable: %s", self._id, msg.dst, exc)
+            if self._unreachable is not None and not self._closed:
+                self._unreachable(msg.dst)
+            return
+        except asyncio.CancelledError:
+            return
+        if msg.dst in self._down:
+            self._down.discard(msg.dst)
+            log.info("node %d: peer %d reachable again", self._id, msg.dst)
+        if self._closed:
+            return
+        for pb in reply.messages:
+            try:
+                response = message_from_pb(pb)
+            except ValueError as exc:
+                log.warning("node %d: bad reply from peer %d: %s", self._id, msg.dst, exc)
+                continue
+            if response.src != msg.dst:
+                log.warning("node %d: reply from %d claims to be from %d; dropped",
+                            self._id, msg.dst, response.src)
+                continue
+            self._deliver(response)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()),
+                             return_exceptions=True)

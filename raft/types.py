@@ -1,0 +1,156 @@
+"""The vocabulary of the Raft core: entries, hard state, snapshots, messages.
+
+Everything here is a frozen dataclass with ``__slots__``: values that the core
+hands out can be kept, compared and logged without fear of aliasing. Protobuf
+appears only at the wire edge (``raft/transport.py``); these types never
+cross the network directly.
+
+Indexes and terms follow the paper: the first log index is 1, index 0 / term 0
+stand for "before the log" (the empty prefix every log shares).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "NONE",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "Message",
+    "MessageType",
+    "ReadState",
+    "Role",
+    "Snapshot",
+    "SnapshotMeta",
+    "SoftState",
+]
+
+#: Node id meaning "nobody" (no vote cast, no known leader). Real ids are >= 0.
+NONE = -1
+
+
+class EntryType(enum.IntEnum):
+    NORMAL = 0
+    #: The empty entry a new leader appends to commit its term (paper 5.4.2,
+    #: dissertation 6.4: needed before ReadIndex can be served).
+    NOOP = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    term: int
+    data: bytes = b""
+    type: EntryType = EntryType.NORMAL
+
+    def size(self) -> int:
+        """Approximate bytes on the wire; used for batching limits."""
+        return len(self.data) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """State that must be on stable storage before any message depending on it
+    is sent (paper Figure 2, "Persistent state on all servers"). ``commit`` is
+    persisted too so a restart can re-apply without waiting for a leader."""
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    index: int = 0
+    term: int = 0
+    #: The configuration (voter ids) as of ``index``.
+    peers: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    meta: SnapshotMeta = field(default_factory=SnapshotMeta)
+    data: bytes = b""
+
+    @property
+    def empty(self) -> bool:
+        return self.meta.index == 0
+
+
+class MessageType(enum.IntEnum):
+    """Messages exchanged between cores. Requests and their responses pair up
+    as in the paper's RPCs; the transport maps them onto ``raftRpc``."""
+
+    APPEND = 1  # AppendEntries request (also carries the leader's commit)
+    APPEND_RESPONSE = 2
+    VOTE = 3  # RequestVote
+    VOTE_RESPONSE = 4
+    PRE_VOTE = 5  # dissertation 9.6: a vote that does not bump terms
+    PRE_VOTE_RESPONSE = 6
+    HEARTBEAT = 7  # empty AppendEntries; carries a read-index context
+    HEARTBEAT_RESPONSE = 8
+    SNAPSHOT = 9  # one InstallSnapshot chunk
+    SNAPSHOT_RESPONSE = 10
+    TIMEOUT_NOW = 11  # leadership transfer: campaign now (dissertation 3.10)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Raft message. Fields unused by a type keep their defaults.
+
+    - ``log_term``/``index``: for APPEND, the entry preceding ``entries``
+      (prevLogTerm/prevLogIndex); for VOTE/PRE_VOTE, the candidate's last
+      entry; for APPEND_RESPONSE, the index acknowledged or rejected.
+    - ``reject_hint``/``reject_term``: on a rejected APPEND_RESPONSE, the fast
+      back-up hint (dissertation 5.3): the follower's conflicting term and the
+      first index it holds of that term, or its last index when it is short.
+    - ``context``: for HEARTBEAT/HEARTBEAT_RESPONSE, the ReadIndex round the
+      heartbeat confirms.
+    - ``snapshot``/``offset``/``done``: for SNAPSHOT, the snapshot metadata and
+      one chunk of its data at byte ``offset``; ``done`` marks the last chunk.
+      For SNAPSHOT_RESPONSE, ``offset`` is the next byte the receiver wants.
+    """
+
+    type: MessageType
+    src: int
+    dst: int
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    reject_term: int = 0
+    context: bytes = b""
+    snapshot: SnapshotMeta | None = None
+    data: bytes = b""
+    offset: int = 0
+    done: bool = False
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state worth reporting (not persisted)."""
+
+    leader: int = NONE
+    role: Role = Role.FOLLOWER
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the state machine has applied
+    ``index``. ``context`` is what the caller passed to ``read_index``."""
+
+    index: int
+    context: bytes

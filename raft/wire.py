@@ -1,0 +1,83 @@
+"""Conversion between the core's dataclasses and ``raft.proto``.
+
+The only module besides ``raft/transport.py`` that knows protobuf; kept apart
+so the conversion can be tested (round trips) without sockets.
+"""
+
+from __future__ import annotations
+
+from raft import raft_pb2
+from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
+
+__all__ = ["RPC_METHOD", "message_from_pb", "message_to_pb"]
+
+#: Which raftRpc method carries a request of each type (responses ride back
+#: as the call's reply).
+RPC_METHOD: dict[MessageType, str] = {
+    MessageType.APPEND: "AppendEntries",
+    MessageType.HEARTBEAT: "AppendEntries",
+    MessageType.VOTE: "RequestVote",
+    MessageType.PRE_VOTE: "RequestVote",
+    MessageType.SNAPSHOT: "InstallSnapshot",
+    MessageType.TIMEOUT_NOW: "TimeoutNow",
+}
+
+
+def message_to_pb(msg: Message) -> raft_pb2.RaftMessage:
+    pb = raft_pb2.RaftMessage(
+        type=msg.type,
+        src=msg.src,
+        dst=msg.dst,
+        term=msg.term,
+        log_term=msg.log_term,
+        index=msg.index,
+        commit=msg.commit,
+        reject=msg.reject,
+        reject_hint=msg.reject_hint,
+        reject_term=msg.reject_term,
+        context=msg.context,
+        data=msg.data,
+        offset=msg.offset,
+        done=msg.done,
+    )
+    if msg.entries:
+        pb.entries.extend(
+            raft_pb2.Entry(index=e.index, term=e.term, type=e.type, data=e.data)
+            for e in msg.entries
+        )
+    if msg.snapshot is not None:
+        meta = msg.snapshot
+        pb.snapshot.CopyFrom(
+            raft_pb2.SnapshotMeta(index=meta.index, term=meta.term, peers=sorted(meta.peers))
+        )
+    return pb
+
+
+def message_from_pb(pb: raft_pb2.RaftMessage) -> Message:
+    """Raises ``ValueError`` for a message type or entry type we do not know."""
+    snapshot = None
+    if pb.HasField("snapshot"):
+        snapshot = SnapshotMeta(
+            index=pb.snapshot.index, term=pb.snapshot.term, peers=frozenset(pb.snapshot.peers)
+        )
+    return Message(
+        type=MessageType(pb.type),
+        src=pb.src,
+        dst=pb.dst,
+        term=pb.term,
+        log_term=pb.log_term,
+        index=pb.index,
+        entries=tuple(
+            Entry(index=e.index, term=e.term, data=e.data, type=EntryType(e.type))
+            for e in pb.entries
+        ),
+        commit=pb.commit,
+        reject=pb.reject,
+        reject_hint=pb.reject_hint,
+        reject_term=pb.reject_term,
+        context=pb.context,
+        snapshot=snapshot,
+        data=pb.data,
+        offset=pb.offset,
+        done=pb.done,
+    )

@@ -1,0 +1,179 @@
+"""A tiny in-memory network of RaftCores for the core's unit/scenario tests.
+
+Deliberately minimal (the faulty-network simulator lives in tests/sim/):
+FIFO delivery, links that can be cut, an optional drop filter, ticks, and the
+driver loop persist -> send -> apply -> advance, with an "applied" list per
+node as the state machine (its snapshot is that list, JSON-encoded).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from random import Random
+from typing import Any
+
+from raft.core import Config, RaftCore, Ready
+from raft.storage import MemoryStorage
+from raft.types import Entry, EntryType, Message, MessageType, ReadState, Role
+
+
+def encode_state(applied: list[bytes]) -> bytes:
+    return json.dumps([a.decode("latin-1") for a in applied]).encode()
+
+
+def decode_state(data: bytes) -> list[bytes]:
+    return [a.encode("latin-1") for a in json.loads(data.decode())] if data else []
+
+
+class Network:
+    def __init__(self, ids: Iterable[int], *, seed: int = 0, **cfg: Any) -> None:
+        self.ids = sorted(ids)
+        self.cfg = cfg
+        self.seed = seed
+        self.storages: dict[int, MemoryStorage] = {i: MemoryStorage() for i in self.ids}
+        self.cores: dict[int, RaftCore] = {}
+        self.applied: dict[int, list[bytes]] = {i: [] for i in self.ids}
+        self.applied_index: dict[int, int] = {i: 0 for i in self.ids}
+        self.read_states: dict[int, list[ReadState]] = {i: [] for i in self.ids}
+        self.queue: list[Message] = []
+        self.cut_links: set[tuple[int, int]] = set()
+        self.drop: Callable[[Message], bool] | None = None
+        #: Rewrites a message in flight (a test's scalpel); None drops it.
+        self.mutate: Callable[[Message], Message | None] | None = None
+        self.delivered = 0
+        for i in self.ids:
+            self.cores[i] = self._new_core(i)
+
+    def _new_core(self, i: int, applied: int = 0) -> RaftCore:
+        config = Config(
+            id=i,
+            peers=frozenset(self.ids),
+            rng=Random(self.seed * 1000 + i),
+            applied=applied,
+            **self.cfg,
+        )
+        return RaftCore(config, self.storages[i])
+
+    # -- driver loop -----------------------------------------------------------
+
+    def handle_ready(self, i: int) -> Ready | None:
+        core = self.cores[i]
+        if not core.has_ready():
+            return None
+        rd = core.ready()
+        self.storages[i].save(rd.hard_state, rd.entries, rd.snapshot)
+        self.queue.extend(rd.messages)
+        if rd.snapshot is not None:
+            self.applied[i] = decode_state(rd.snapshot.data)
+            self.applied_index[i] = rd.snapshot.meta.index
+        for e in rd.committed_entries:
+            assert e.index == self.applied_index[i] + 1, (i, e.index, self.applied_index[i])
+            self.applied_index[i] = e.index
+            if e.type is EntryType.NORMAL:
+                self.applied[i].append(e.data)
+        self.read_states[i].extend(rd.read_states)
+        core.advance(rd)
+        return rd
+
+    def flush(self) -> None:
+        """Process every pending Ready (no delivery)."""
+        progress = True
+        while progress:
+            progress = False
+            for i in self.ids:
+                if self.handle_ready(i) is not None:
+                    progress = True
+
+    def take_messages(self) -> list[Message]:
+        self.flush()
+        out, self.queue = self.queue, []
+        return out
+
+    def deliver(self, m: Message) -> None:
+        if (m.src, m.dst) in self.cut_links or (self.drop is not None and self.drop(m)):
+            return
+        if self.mutate is not None:
+            changed = self.mutate(m)
+            if changed is None:
+                return
+            m = changed
+        self.delivered += 1
+        self.cores[m.dst].step(m)
+
+    def stabilize(self, max_steps: int = 100_000) -> None:
+        """Deliver until quiet."""
+        for _ in range(max_steps):
+            self.flush()
+            if not self.queue:
+                return
+            batch, self.queue = self.queue, []
+            for m in batch:
+                self.deliver(m)
+        raise AssertionError("network did not stabilize")
+
+    def tick(self, ids: Iterable[int] | None = None, n: int = 1) -> None:
+        for _ in range(n):
+            for i in ids if ids is not None else self.ids:
+                self.cores[i].tick()
+            self.stabilize()
+
+    # -- faults ------------------------------------------------------------------
+
+    def cut(self, a: int, b: int) -> None:
+        self.cut_links |= {(a, b), (b, a)}
+
+    def isolate(self, i: int) -> None:
+        for j in self.ids:
+            if j != i:
+                self.cut(i, j)
+
+    def heal(self) -> None:
+        self.cut_links.clear()
+        self.drop = None
+        self.mutate = None
+
+    def restart(self, i: int) -> None:
+        """Crash and restart ``i``: keep only what was saved to its storage."""
+        self.queue = [m for m in self.queue if m.dst != i and m.src != i]
+        snap = self.storages[i].snapshot()
+        self.applied[i] = decode_state(snap.data)
+        self.applied_index[i] = snap.meta.index
+        self.cores[i] = self._new_core(i)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def elect(self, i: int) -> RaftCore:
+        self.cores[i].campaign()
+        self.stabilize()
+        assert self.cores[i].role is Role.LEADER, self.cores[i]
+        return self.cores[i]
+
+    def leader(self) -> RaftCore | None:
+        leaders = [c for c in self.cores.values() if c.role is Role.LEADER]
+        if not leaders:
+            return None
+        return max(leaders, key=lambda c: c.term)
+
+    def propose(self, i: int, data: bytes) -> int:
+        index = self.cores[i].propose(data)
+        self.stabilize()
+        return index
+
+    def log_terms(self, i: int) -> list[int]:
+        return [e.term for e in self.cores[i].log.all_entries()]
+
+
+def set_log(net: Network, i: int, terms: list[int], term: int | None = None) -> None:
+    """Give node ``i`` a persisted log with these entry terms (index 1..n)."""
+    ents = [Entry(index=k + 1, term=t, data=f"{k + 1}@{t}".encode()) for k, t in enumerate(terms)]
+    from raft.types import HardState
+
+    last_term = terms[-1] if terms else 0
+    net.storages[i] = MemoryStorage()
+    net.storages[i].save(HardState(term=term if term is not None else last_term), ents)
+    net.cores[i] = net._new_core(i)
+
+
+def msgs_of(msgs: list[Message], type_: MessageType) -> list[Message]:
+    return [m for m in msgs if m.type is type_]

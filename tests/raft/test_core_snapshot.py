@@ -1,0 +1,121 @@
+"""InstallSnapshot in chunks (paper 7, Figure 13; dissertation 5.3)."""
+
+from __future__ import annotations
+
+from raft.progress import ProgressState
+from raft.types import Message, MessageType
+from tests.raft.core_harness import Network, encode_state
+
+
+def compact(net: Network, i: int) -> int:
+    """The application on ``i`` snapshots at its applied index and compacts."""
+    index = net.applied_index[i]
+    net.storages[i].create_snapshot(index, encode_state(net.applied[i]), frozenset(net.ids))
+    net.storages[i].compact(index)
+    return index
+
+
+def lagging_follower(chunk: int = 64) -> Network:
+    net = Network([1, 2, 3], snapshot_chunk_size=chunk)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(30):
+        net.propose(1, b"value-%02d" % k)
+    net.tick([1, 2])
+    assert compact(net, 1) == 31
+    assert net.cores[1].log.first_index() == 32  # read from storage dynamically
+    return net
+
+
+def test_follower_behind_compaction_gets_snapshot_in_chunks() -> None:
+    net = lagging_follower()
+    chunks: list[Message] = []
+
+    def spy(m: Message) -> bool:
+        if m.type is MessageType.SNAPSHOT:
+            chunks.append(m)
+        return False
+
+    net.heal()
+    net.drop = spy
+    net.tick(n=10)
+    size = len(net.storages[1].snapshot().data)
+    assert len(chunks) == -(-size // 64) > 1
+    assert [c.offset for c in chunks] == list(range(0, size, 64))
+    assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert net.storages[3].snapshot().meta.index == 31
+    assert net.applied[3] == net.applied[1]
+    assert net.cores[1].progress[3].state is ProgressState.REPLICATE
+    net.propose(1, b"after")
+    net.tick(n=2)
+    assert net.applied[3][-1] == b"after" and net.applied[3] == net.applied[1]
+
+
+def test_lost_chunk_is_resent_after_timeout() -> None:
+    net = lagging_follower()
+    lost: list[Message] = []
+
+    def lose_second_chunk_once(m: Message) -> bool:
+        if m.type is MessageType.SNAPSHOT and m.offset == 64 and not lost:
+            lost.append(m)
+            return True
+        return False
+
+    net.heal()
+    net.drop = lose_second_chunk_once
+    net.tick(n=10)
+    assert lost
+    assert net.storages[3].snapshot().meta.index == 31
+    assert net.applied[3] == net.applied[1]
+
+
+def test_lost_snapshot_response_is_recovered() -> None:
+    net = lagging_follower()
+    lost: list[Message] = []
+
+    def lose_response(m: Message) -> bool:
+        if m.type is MessageType.SNAPSHOT_RESPONSE and len(lost) < 2:
+            lost.append(m)
+            return True
+        return False
+
+    net.heal()
+    net.drop = lose_response
+    net.tick(n=10)
+    assert len(lost) == 2
+    assert net.applied[3] == net.applied[1]
+
+
+def test_follower_restart_mid_transfer_restarts_from_zero() -> None:
+    net = lagging_follower()
+    net.heal()
+    net.tick([1])  # first chunk goes out
+    net.flush()
+    net.restart(3)  # the buffered chunks are lost with the process
+    net.tick(n=10)
+    assert net.applied[3] == net.applied[1]
+
+
+def test_stale_snapshot_is_answered_with_commit() -> None:
+    net = lagging_follower()
+    net.heal()
+    net.tick(n=10)
+    follower = net.cores[3]
+    meta = net.storages[1].snapshot().meta
+    follower.step(
+        Message(MessageType.SNAPSHOT, 1, 3, follower.term, snapshot=meta, data=b"", done=True)
+    )
+    rd = follower.ready()
+    assert rd.snapshot is None
+    (m,) = rd.messages
+    assert m.type is MessageType.APPEND_RESPONSE and m.index == follower.log.committed
+
+
+def test_snapshot_restart_keeps_state() -> None:
+    net = lagging_follower()
+    net.heal()
+    net.tick(n=10)
+    net.restart(3)
+    net.tick(n=5)
+    assert net.applied[3] == net.applied[1]
+    assert net.cores[3].log.first_index() == 32

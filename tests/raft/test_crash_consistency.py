@@ -1,0 +1,278 @@
+"""Crash consistency: cut the storage at every step, reboot, compare.
+
+A crash keeps only what the file system made durable (``crashfs``). After
+reopening, the storage must equal a ``MemoryStorage`` fed every operation
+that returned before the crash, plus possibly the one in flight (all or
+nothing, never a part of it).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from raft.file_storage import FileStorage
+from raft.storage import MemoryStorage, StorageError
+from raft.types import NONE, Entry, HardState, Snapshot, SnapshotMeta
+from tests.raft.crashfs import CrashingFileSystem, SimulatedCrash, materialize
+
+DIR = "/data"
+SEG = 200  # tiny segments: rotation and deletion happen all the time
+
+Op = Callable[[Any], object]
+
+
+def state(s: Any) -> tuple[object, ...]:
+    """Everything observable through the Storage read side."""
+    first, last = s.first_index(), s.last_index()
+    return (
+        s.initial_state(),
+        s.snapshot(),
+        first,
+        last,
+        s.term(first - 1),
+        tuple(s.entries(first, last + 1)),
+    )
+
+
+def ents(lo: int, hi: int, term: int, size: int = 20) -> list[Entry]:
+    return [Entry(index=i, term=term, data=bytes([i % 251]) * size) for i in range(lo, hi + 1)]
+
+
+def snap(index: int, term: int) -> Snapshot:
+    return Snapshot(SnapshotMeta(index, term, frozenset({0, 1, 2})), b"app-state@%d" % index)
+
+
+# A scenario touching every write path: group commits, rotation, conflicting
+# rewrites, snapshot creation, compaction with segment deletion, install.
+SCENARIO: list[Op] = [
+    lambda s: s.save(HardState(1, 0, 0), ents(1, 6, 1)),
+    lambda s: s.save(HardState(1, 0, 4), ents(7, 12, 1)),
+    lambda s: s.save(None, ents(13, 16, 1)),
+    lambda s: s.save(HardState(2, 1, 10), ents(14, 18, 2)),  # rewrite 14..16
+    lambda s: s.create_snapshot(10, b"sm@10", frozenset({0, 1, 2})),
+    lambda s: s.compact(9),
+    lambda s: s.save(HardState(2, 1, 16), ents(19, 24, 2)),
+    lambda s: s.create_snapshot(20, b"sm@20", frozenset({0, 1})),
+    lambda s: s.compact(20),
+    lambda s: s.save(HardState(3, 2, 20), ents(22, 25, 3), snap(21, 2)),  # install
+    lambda s: s.save(None, ents(26, 40, 3)),
+    lambda s: s.save(HardState(4, NONE, 30), [], snap(35, 3)),  # install past log
+    lambda s: s.save(HardState(4, 0, 35), ents(36, 45, 4)),
+    lambda s: s.create_snapshot(44, b"sm@44", frozenset({0, 1, 2})),
+    lambda s: s.compact(44),
+    lambda s: s.save(HardState(5, 0, 44), ents(45, 47, 5)),
+]
+
+
+def model_states() -> list[tuple[object, ...]]:
+    m = MemoryStorage()
+    out = [state(m)]
+    for op in SCENARIO:
+        op(m)
+        out.append(state(m))
+    return out
+
+
+MODELS = model_states()
+
+
+def run(fs: CrashingFileSystem) -> int:
+    """Run the scenario; return how many operations returned."""
+    done = 0
+    try:
+        s = FileStorage(DIR, fs=fs, segment_bytes=SEG)
+        for op in SCENARIO:
+            op(s)
+            done += 1
+        s.close()
+    except SimulatedCrash:
+        pass
+    return done
+
+
+def reopen(image: dict[str, bytes], crash_at: int | None = None) -> FileStorage:
+    return FileStorage(DIR, fs=CrashingFileSystem(image, crash_at=crash_at), segment_bytes=SEG)
+
+
+_probe = CrashingFileSystem()
+run(_probe)
+TOTAL_STEPS = _probe.steps
+
+
+def test_scenario_without_crash_matches_model() -> None:
+    fs = CrashingFileSystem()
+    assert run(fs) == len(SCENARIO)
+    s = reopen(fs.image())
+    assert state(s) == MODELS[-1]
+    assert TOTAL_STEPS > 80
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn"])
+def test_crash_at_every_step(torn: bool) -> None:
+    """Every step of every write path: before/after each write, sync, rename,
+    directory sync, removal; during rotation, snapshot write, compaction."""
+    for k in range(1, TOTAL_STEPS + 1):
+        fs = CrashingFileSystem(crash_at=k)
+        done = run(fs)
+        image = fs.image(torn=random.Random(k) if torn else None)
+        s = reopen(image)
+        got = state(s)
+        allowed = MODELS[done : done + 2]
+        assert got in allowed, f"crash at step {k} ({fs.trace[-1]}): {done} ops acked"
+        # The reopened storage is fully usable: write, reopen, still there.
+        s.save(HardState(99, 0, 0), [])
+        s.close()
+        again = reopen(CrashingFileSystem(image).image())
+        assert state(again)[1:] == got[1:]
+
+
+def test_crash_during_recovery() -> None:
+    """Recovery itself writes (tail truncation, removing a torn segment);
+    crashing there and recovering again converges to the same state."""
+    rng = random.Random(7)
+    checked = 0
+    for k in range(1, TOTAL_STEPS + 1, 3):
+        fs = CrashingFileSystem(crash_at=k)
+        done = run(fs)
+        image = fs.image(torn=rng)
+        expected = state(reopen(image))
+        assert expected in MODELS[done : done + 2]
+        for j in range(1, 6):
+            fs2 = CrashingFileSystem(image, crash_at=j)
+            try:
+                FileStorage(DIR, fs=fs2, segment_bytes=SEG)
+            except SimulatedCrash:
+                checked += 1
+                assert state(reopen(fs2.image(torn=rng))) == expected
+    assert checked > 0
+
+
+def test_crash_images_open_on_the_real_file_system(tmp_path: Path) -> None:
+    """The same durable images, written to a real directory, reopened with
+    ``os`` (the code path a restarted node takes)."""
+    for k in range(1, TOTAL_STEPS + 1, 2):
+        fs = CrashingFileSystem(crash_at=k)
+        done = run(fs)
+        root = tmp_path / f"crash{k}"
+        materialize(fs.image(torn=random.Random(k)), root)
+        with FileStorage(root / DIR.lstrip("/"), segment_bytes=SEG) as s:
+            assert state(s) in MODELS[done : done + 2]
+
+
+def test_enospc_at_every_step_is_fail_stop() -> None:
+    """An I/O error anywhere: the call fails with StorageError, later writes
+    are refused, reads still answer, and a restart recovers a state that
+    contains everything acknowledged."""
+    for k in range(1, TOTAL_STEPS + 1):
+        fs = CrashingFileSystem(fail_at=k)
+        try:
+            s = FileStorage(DIR, fs=fs, segment_bytes=SEG)
+        except StorageError as e:
+            assert "disk full" in str(e)
+            continue
+        done = 0
+        try:
+            for op in SCENARIO:
+                op(s)
+                done += 1
+        except StorageError as e:
+            assert "disk full" in str(e)
+            with pytest.raises(StorageError, match="refuses writes"):
+                s.save(HardState(50), [])
+            state(s)  # reads still work
+        s.close()
+        if done == len(SCENARIO):
+            continue
+        after = state(reopen(fs.image()))
+        assert after in MODELS[done : done + 2], f"failure at step {k}"
+
+
+# -- randomized ------------------------------------------------------------------
+
+
+@st.composite
+def operation(draw: st.DrawFn, m: MemoryStorage) -> Op:
+    """A random valid (mostly) write against model ``m``'s current state."""
+    first, last = m.first_index(), m.last_index()
+    snap_index = m.snapshot().meta.index
+    kind = draw(st.sampled_from(["save"] * 6 + ["install", "create", "compact", "bad"]))
+    if kind == "create" and last > snap_index:
+        idx = draw(st.integers(snap_index + 1, last))
+        data = draw(st.binary(max_size=40))
+        peers = frozenset(draw(st.sets(st.integers(0, 4), max_size=3)))
+        return lambda s: s.create_snapshot(idx, data, peers)
+    if kind == "compact" and snap_index >= first:
+        idx = draw(st.integers(first, snap_index))
+        return lambda s: s.compact(idx)
+    if kind == "bad":
+        return lambda s: s.compact(first - 1)  # CompactedError, changes nothing
+    sn: Snapshot | None = None
+    if kind == "install":
+        sidx = snap_index + draw(st.integers(1, 8))
+        sn = Snapshot(
+            SnapshotMeta(sidx, draw(st.integers(1, 9)), frozenset({1, 2})),
+            draw(st.binary(max_size=30)),
+        )
+        first, last = sidx + 1, sidx
+    lo = draw(st.integers(max(1, first - 2), last + 1))
+    n = draw(st.integers(0, 6))
+    term = draw(st.integers(1, 9))
+    batch = [
+        Entry(i, term, draw(st.binary(max_size=50))) for i in range(lo, lo + n)
+    ]
+    hs = draw(
+        st.none()
+        | st.builds(HardState, st.integers(0, 9), st.integers(-1, 3), st.integers(0, 60))
+    )
+    return lambda s: s.save(hs, batch, sn)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_random_operations_with_crashes(data: st.DataObject) -> None:
+    model = MemoryStorage()  # what the storage acknowledged
+    image: dict[str, bytes] = {}
+    for _round in range(3):
+        crash_at = data.draw(st.integers(1, 150), label="crash_at")
+        fs = CrashingFileSystem(image, crash_at=crash_at)
+        inflight: MemoryStorage | None = None  # the model if the op in flight lands
+        try:
+            s = FileStorage(DIR, fs=fs, segment_bytes=SEG)
+            assert state(s) == state(model)
+            for _ in range(data.draw(st.integers(1, 25), label="ops")):
+                op = data.draw(operation(model))
+                inflight = copy.deepcopy(model)
+                rejected: type[StorageError] | None = None
+                try:
+                    op(inflight)
+                except StorageError as e:
+                    rejected, inflight = type(e), model
+                try:
+                    op(s)
+                except StorageError as e:
+                    assert type(e) is rejected
+                else:
+                    assert rejected is None
+                model, inflight = inflight, None
+                assert state(s) == state(model)
+            s.close()
+        except SimulatedCrash:
+            pass
+        torn = data.draw(st.booleans(), label="torn")
+        image = fs.image(torn=random.Random(crash_at) if torn else None)
+        got = state(reopen(image))
+        if inflight is not None and got == state(inflight):
+            model = inflight  # the op in flight reached the disk whole
+        assert got == state(model)
