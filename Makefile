@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # tests/test_generated_code.py checks. `make proto PROTOS=a.proto` for just one.
 PROTOS ?=
 
-.PHONY: all test lint proto demo bench chaos clean
+.PHONY: all test lint proto demo rpc-demo run bench chaos clean
 
 all: $(STAMP)
 
@@ -29,6 +29,12 @@ proto: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m kvserver.demo
+
+rpc-demo: $(STAMP)
+	$(BIN)/python -m examples.demo
+
+run: $(STAMP)
+	$(BIN)/raftCoreRun -n 3 -f test.conf --keep-config --data-dir data
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'

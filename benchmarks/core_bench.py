@@ -19,11 +19,11 @@ from raft.types import Message, Role
 
 
 class Cluster:
-    def __init__(self, n: int, **cfg: int) -> None:
+    def __init__(self, n: int) -> None:
         ids = list(range(1, n + 1))
         self.storages = {i: MemoryStorage() for i in ids}
         self.cores = {
-            i: RaftCore(Config(id=i, peers=frozenset(ids), rng=Random(i), **cfg), self.storages[i])
+            i: RaftCore(Config(id=i, peers=frozenset(ids), rng=Random(i)), self.storages[i])
             for i in ids
         }
         self.applied = dict.fromkeys(ids, 0)

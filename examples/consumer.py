@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from examples import friend_pb2
-from examples._cli import EXIT_OK, Parser, fail, port_number
 from rpc import RpcChannel, RpcError, Status, Stub
+from rpc.cli import EXIT_OK, Parser, fail, port_number
 from rpc.loop import run
 
 __all__ = ["get_friends", "main"]

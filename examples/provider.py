@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from examples import friend_pb2
-from examples._cli import EXIT_FAILED, EXIT_OK, Parser, fail, port_number
 from rpc import RpcProvider
+from rpc.cli import EXIT_FAILED, EXIT_OK, Parser, fail, port_number
 from rpc.loop import run
 
 __all__ = ["FriendService", "main"]

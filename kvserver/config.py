@@ -108,19 +108,23 @@ def parse_config(text: str, path: str = "<config>") -> ClusterConfig:
     for expected, node_id in enumerate(ids):
         if node_id != expected:
             # The first id present after the gap is the line at fault.
-            line = (hosts.get(node_id) or ports[node_id])[1]
+            at = (hosts.get(node_id) or ports[node_id])[1]
             raise ConfigError(
-                f"{path}:{line}: key 'node{node_id}...': node ids must be 0..N-1 "
+                f"{path}:{at}: key 'node{node_id}...': node ids must be 0..N-1 "
                 f"without gaps, node{expected} is missing"
             )
     nodes = []
     for node_id in ids:
         if node_id not in hosts:
-            line = ports[node_id][1]
-            raise ConfigError(f"{path}:{line}: node{node_id}port is set but node{node_id}ip is missing")
+            at = ports[node_id][1]
+            raise ConfigError(
+                f"{path}:{at}: node{node_id}port is set but node{node_id}ip is missing"
+            )
         if node_id not in ports:
-            line = hosts[node_id][1]
-            raise ConfigError(f"{path}:{line}: node{node_id}ip is set but node{node_id}port is missing")
+            at = hosts[node_id][1]
+            raise ConfigError(
+                f"{path}:{at}: node{node_id}ip is set but node{node_id}port is missing"
+            )
         nodes.append(NodeAddress(node_id, hosts[node_id][0], ports[node_id][0]))
     return ClusterConfig(path=path, nodes=tuple(nodes))
 

@@ -72,6 +72,7 @@ def main() -> int:
                 if line.startswith("node ") and " pid " in line:
                     parts = line.split()
                     pids[int(parts[1].rstrip(":"))] = int(parts[parts.index("pid") + 1])
+            print("   " + launcher.stdout.readline().rstrip(), flush=True)
             print("   " + conf.read_text().replace("\n", "  "), flush=True)
 
             leader = wait_leader(conf, deadline)
@@ -85,10 +86,8 @@ def main() -> int:
                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             assert work.stdout is not None
-            seen = 0
             killed_at: float | None = None
-            for line in work.stdout:
-                seen += 1
+            for seen, line in enumerate(work.stdout, start=1):
                 if seen % 25 == 0 or seen <= 3:
                     print(f"   [{seen:3d}] {line.rstrip()}", flush=True)
                 if seen == KILL_AFTER:

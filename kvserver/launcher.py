@@ -1,8 +1,9 @@
 """``raftCoreRun``: start a whole cluster on this machine, like the seed's launcher.
 
-    raftCoreRun -n N -f test.conf [--data-dir DIR] [--max-raft-state BYTES]
+    raftCoreRun -n N -f test.conf [--data-dir DIR] [--max-raft-state BYTES] [--keep-config]
 
-Picks N free ports on 127.0.0.1, writes the config file, starts N
+Picks N free ports on 127.0.0.1, writes the config file (with
+``--keep-config``: uses the addresses already in it), starts N
 ``kvserver`` processes (logs in DIR/node<I>.log), prints each node's address,
 pid and log file, and stays in the foreground supervising them. A node that
 exits is reported with its exit code and log file. On Ctrl-C or SIGTERM it
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kvserver.config import format_config
+from kvserver.config import ConfigError, format_config, load_config
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
 
 __all__ = ["Cluster", "free_ports", "main"]
@@ -60,6 +61,13 @@ class Cluster:
     def write_config(self) -> None:
         self.addresses = [("127.0.0.1", p) for p in free_ports(self.n)]
         self.config_path.write_text(format_config(self.addresses), encoding="utf-8")
+
+    def read_config(self) -> None:
+        """Use the config file as it is (raises ConfigError)."""
+        config = load_config(self.config_path)
+        if len(config) != self.n:
+            raise ConfigError(f"{self.config_path}: has {len(config)} nodes, -n says {self.n}")
+        self.addresses = config.addresses
 
     def log_path(self, i: int) -> Path:
         return self.data_dir / f"node{i}.log"
@@ -110,12 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-f", "--config", required=True, help="config file to write")
     parser.add_argument("--data-dir", default="data", help="data and logs (data)")
     parser.add_argument("--max-raft-state", type=positive_int, default=None)
+    parser.add_argument("--keep-config", action="store_true",
+                        help="use the addresses in the existing config instead of free ports")
     args = parser.parse_args(argv)
     extra = ["--max-raft-state", str(args.max_raft_state)] if args.max_raft_state else []
     cluster = Cluster(args.config, args.n, args.data_dir, extra)
     try:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-        cluster.write_config()
+        if args.keep_config:
+            cluster.read_config()
+        else:
+            cluster.write_config()
+    except ConfigError as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(PROG, f"{exc.filename or args.config}: {exc.strerror or exc}", EXIT_USAGE)
 
@@ -135,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail(PROG, f"cannot start kvserver: {exc.strerror or exc}", EXIT_FAILED)
         host, port = cluster.addresses[i]
         print(f"node {i}: {host}:{port} pid {proc.pid} log {cluster.log_path(i)}", flush=True)
-    print(f"config written to {args.config}; Ctrl-C stops the cluster", flush=True)
+    what = "config" if args.keep_config else "config written to"
+    print(f"{what} {args.config}; Ctrl-C stops the cluster", flush=True)
 
     reported: set[int] = set()
     try:

@@ -365,14 +365,18 @@ class RaftCore:
     def has_ready(self) -> bool:
         if self._role is Role.LEADER and (self._bcast_entries or self._bcast_commit):
             return True
+        soft, hard, log = self._prev_soft, self._prev_hard, self.log
         return bool(
             self._msgs
             or self._read_states
-            or self.log.unstable.entries
-            or self.log.unstable.snapshot is not None
-            or self.log.has_next_committed_entries()
-            or SoftState(self._leader, self._role) != self._prev_soft
-            or self._hard_state() != self._prev_hard
+            or log.unstable.entries
+            or log.unstable.snapshot is not None
+            or soft.leader != self._leader
+            or soft.role is not self._role
+            or hard.term != self._term
+            or hard.vote != self._vote
+            or hard.commit != log.committed
+            or log.has_next_committed_entries()
         )
 
     def ready(self) -> Ready:
@@ -612,8 +616,9 @@ class RaftCore:
 
     def _tick_snapshot_resend(self) -> None:
         # A lost chunk (or its answer) is detected by silence: resend from
-        # the last acknowledged offset after two heartbeat intervals.
-        limit = 2 * self._cfg.heartbeat_tick
+        # the last acknowledged offset after half an election timeout (and at
+        # least two heartbeat intervals).
+        limit = max(2 * self._cfg.heartbeat_tick, self._cfg.election_tick // 2)
         for p, pr in self.progress.items():
             if p != self._id and pr.state is ProgressState.SNAPSHOT:
                 pr.snap_idle_ticks += 1
@@ -722,8 +727,9 @@ class RaftCore:
         return self.log.first_index_of_term(index, self.log.committed + 1), term
 
     def _handle_heartbeat(self, m: Message) -> None:
-        # The leader sends commit = min(our match, its commit): safe to apply.
-        self.log.commit_to(min(m.commit, self.log.last_index()))
+        # The leader sends commit = min(our match, its commit): we hold (and
+        # have persisted) every entry up to it, and they match the leader's.
+        self.log.commit_to(m.commit)
         self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context))
 
     def _handle_snapshot(self, m: Message) -> None:
@@ -862,15 +868,22 @@ class RaftCore:
 
     def _handle_append_accepted(self, m: Message, pr: Progress) -> None:
         was_paused = pr.is_paused()
+        if pr.state is ProgressState.SNAPSHOT and m.index >= pr.pending_snapshot:
+            # The peer holds (at least) the snapshot we were sending: either
+            # it installed it, or it already had it. Done; if we compacted
+            # past it meanwhile, the next send starts a newer snapshot.
+            pr.maybe_update(m.index)
+            pr.become_probe()
+            if pr.match + 1 >= self.log.first_index():
+                pr.become_replicate()
+            self._commit_if_possible()
+            self._send_append_all(m.src, send_if_empty=True)
+            return
         if not pr.maybe_update(m.index):
             return
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT:
-            if pr.match + 1 >= self.log.first_index():
-                pr.become_probe()
-                pr.become_replicate()
-        else:
+        elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if not self._commit_if_possible() and was_paused:
             self._send_append_all(m.src, send_if_empty=True)
@@ -910,6 +923,10 @@ class RaftCore:
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
+        if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+            # The peer is alive but the window is stuck: its acks (or our
+            # APPENDs) were lost. Free a slot so the next APPEND can find out.
+            pr.inflights.free_first_one()
         if pr.state is not ProgressState.SNAPSHOT and pr.match < self.log.last_index():
             self._send_append_all(m.src, send_if_empty=True)
         if m.context and self._read_only.recv_ack(m.src, m.context, self._peers):

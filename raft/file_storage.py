@@ -89,7 +89,7 @@ class StorageFailedError(StorageError):
 def _describe(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "disk full (ENOSPC)"
-    return f"I/O error ({e})"
+    return str(e)  # "[Errno 5] Input/output error: 'path'"
 
 
 class FileStorage:
@@ -125,16 +125,20 @@ class FileStorage:
     def _lock_dir(self) -> FileLock:
         fs = self._fs
         try:
-            if fs.exists(self._dir) and not fs.isdir(self._dir):
+            exists = fs.exists(self._dir)
+            if exists and not fs.isdir(self._dir):
                 raise StorageError(f"data dir {self._dir} exists and is not a directory")
             fs.makedirs(self._dir)
+            if not exists and self._fsync:
+                # A new directory's own name lives in its parent.
+                fs.fsync_dir(os.path.dirname(os.path.abspath(self._dir)))
             return fs.lock(os.path.join(self._dir, "LOCK"))
         except BlockingIOError as e:
             raise StorageLockedError(
                 f"data dir {self._dir} is in use by another process (LOCK is held)"
             ) from e
         except OSError as e:
-            raise StorageError(f"cannot open data dir {self._dir}: {e.strerror or e}") from e
+            raise StorageError(f"cannot open data dir {self._dir}: {_describe(e)}") from e
 
     def _open(self, segment_bytes: int) -> None:
         fs = self._fs

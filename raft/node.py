@@ -39,6 +39,7 @@ from raft.types import NONE, Entry, EntryType, Message, MessageType, Role, Snaps
 __all__ = [
     "LeadershipLost",
     "NodeConfig",
+    "NodeMetrics",
     "NodeStatus",
     "NodeStopped",
     "RaftNode",
@@ -124,6 +125,19 @@ class NodeStatus:
 
 
 @dataclass(slots=True)
+class NodeMetrics:
+    """Counters since start (for status pages and benchmarks)."""
+
+    #: Storage.save calls: each is one fsync (group commit).
+    saves: int = 0
+    entries_persisted: int = 0
+    messages_sent: int = 0
+    entries_applied: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
+
+
+@dataclass(slots=True)
 class _Waiter:
     accepts: frozenset[MessageType]
     future: asyncio.Future[Message | None]
@@ -200,6 +214,7 @@ class RaftNode:
         self._stopped = False
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
+        self.metrics = NodeMetrics()
         #: Called with (old_role, new_role, leader) when the role or leader changes.
         self.on_role_change: Callable[[Role, Role, int], None] | None = None
 
@@ -392,6 +407,8 @@ class RaftNode:
         # 1. Persist: everything below may depend on it.
         if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
             self._storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            self.metrics.saves += 1
+            self.metrics.entries_persisted += len(rd.entries)
             if rd.snapshot is not None and not rd.snapshot.empty:
                 self._forget_sizes_through(rd.snapshot.meta.index)
             for e in rd.entries:
@@ -425,6 +442,7 @@ class RaftNode:
         if msg.type in _RESPONSES:
             assert self._transport is not None
             self._transport.send(msg)
+            self.metrics.messages_sent += 1
         # A response whose request's call already ended is dropped: Raft
         # tolerates lost messages, and the peer will retry.
 
@@ -432,6 +450,7 @@ class RaftNode:
         self._fsm.restore(snapshot.data)
         self._applied = snapshot.meta.index
         self._snapshot_index = snapshot.meta.index
+        self.metrics.snapshots_installed += 1
         for index in [i for i in self._proposals if i <= snapshot.meta.index]:
             # Overtaken by a snapshot: we cannot tell what was at that index.
             self._proposals.pop(index).future.set_exception(
@@ -445,6 +464,7 @@ class RaftNode:
         if entry.type is EntryType.NORMAL:
             result = self._fsm.apply(entry.index, entry.data)
         self._applied = entry.index
+        self.metrics.entries_applied += 1
         proposal = self._proposals.pop(entry.index, None)
         if proposal is not None and not proposal.future.done():
             if proposal.term == entry.term:
@@ -536,6 +556,7 @@ class RaftNode:
         data = self._fsm.snapshot()
         self._storage.create_snapshot(index, data, self.config.peers)
         self._snapshot_index = index
+        self.metrics.snapshots_taken += 1
         self._forget_sizes_through(index)
         compact_to = index - self.config.snapshot_catchup_entries
         if compact_to >= self._storage.first_index():

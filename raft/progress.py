@@ -66,6 +66,12 @@ class Inflights:
         while q and q[0][0] <= index:
             self._bytes -= q.popleft()[1]
 
+    def free_first_one(self) -> None:
+        """Forget the oldest message (its ack is presumed lost), so that a
+        full window can send again."""
+        if self._queue:
+            self._bytes -= self._queue.popleft()[1]
+
     def full(self) -> bool:
         return len(self._queue) >= self.max_count or (
             self.max_bytes > 0 and self._bytes >= self.max_bytes

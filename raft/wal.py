@@ -523,6 +523,10 @@ class Wal:
                     raise CorruptLogError(path, 0, "segment does not start with its BASE record")
                 if not segments:
                     replay.base(first)
+            elif not is_last:
+                # A segment is synced before its name is; empty and followed
+                # by others, it lost its content after the fact.
+                raise CorruptLogError(path, 0, "empty segment followed by others")
             seg = _Segment(seq, path)
             segments.append(seg)
             for batch in scan.batches:

@@ -5,8 +5,10 @@ One `asyncio.Protocol` per connection (not streams: a protocol's
 task per connection). Each request runs its handler *eagerly*: the handler
 coroutine is stepped right inside `data_received`, and only if it suspends
 (awaits something not yet done) is it wrapped in a Task. Handlers that answer
-from memory therefore cost no Task and no extra loop iteration; measured on the
-echo benchmark this is ~25% more calls/s than a Task per call.
+from memory therefore cost no Task and no extra loop iteration: feeding
+pipelined echo requests to a connection in memory, eager dispatch handled
+1.5x (asyncio) to 2.2x (uvloop) the requests per CPU second of a Task per
+call. `RpcProvider(eager=False)` gives every handler a Task from the start.
 
 Responses produced while a chunk is being processed are written with a single
 `transport.write` at the end of the chunk; responses of suspended handlers are

@@ -70,6 +70,7 @@ information porcupine's visualization shows, as text.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -87,6 +88,9 @@ _KIND_CODE = {OpKind.GET: _GET, OpKind.PUT: _PUT, OpKind.APPEND: _APPEND, OpKind
 _CLOCK_EVERY = 4096
 # Explanation size limits.
 _PREFIX_TAIL = 8
+# Heuristic look-ahead past the frontier (affects speed, never the verdict).
+_LOOKAHEAD_ENTRIES = 48
+_LOOKAHEAD_READS = 8
 _MAX_CONCURRENT = 30
 
 
@@ -140,6 +144,7 @@ class _Stuck:
     state: str  # value after the prefix
     stuck: int  # op whose return entry stopped the search
     pending: list[int]  # ops whose call was pending (not linearized) at that point
+    reason: str = ""  # set when the failure was found without a search
 
 
 @dataclass
@@ -223,6 +228,14 @@ def _check_partition(ops: Sequence[Operation], deadline: float | None) -> _KeyVe
     if remaining == 0:
         return _KeyVerdict(Outcome.OK, 0)
 
+    impossible = _impossible_read(ops)
+    if impossible >= 0:
+        reason = (
+            "no put or append called before this get returned could produce the value it "
+            "read (e.g. it was never written)"
+        )
+        return _KeyVerdict(Outcome.ILLEGAL, 0, _Stuck([], "", impossible, [], reason))
+
     # Entries sorted by time; calls (0) before returns (1) at equal times.
     events = sorted(
         [(op.call, 0, i) for i, op in enumerate(ops)]
@@ -240,31 +253,142 @@ def _check_partition(ops: Sequence[Operation], deadline: float | None) -> _KeyVe
     nxt = [*range(1, m), -1, 0]  # nxt[head] = first entry
     prv = [head, *range(0, m - 1), -1]
 
+    dead = [-1]  # the read that made the last candidates() call give up, if any
+
+    def resettable(read_call: int, out: str) -> bool:
+        """Can a put or delete that may still precede this get lead to ``out``?
+
+        After ``put(p)`` the value starts with ``p``; after ``delete`` it is
+        "" or starts with the argument of some append that may follow.
+        """
+        stop = match[read_call]
+        e = nxt[head]
+        deleted = False
+        appendable = not out
+        while e != stop:
+            if is_call[e]:
+                op = e_op[e]
+                k = kind[op]
+                if k == _PUT:
+                    if out.startswith(arg[op]):
+                        return True
+                elif k == _DELETE:
+                    deleted = True
+                elif k == _APPEND and not appendable and out.startswith(arg[op]):
+                    appendable = True
+                if deleted and appendable:
+                    return True
+            e = nxt[e]
+        return False
+
+    def candidates(state: str) -> list[int]:
+        """The call entries that may be linearized next, best first.
+
+        These are the calls before the first return entry (porcupine's
+        candidates). A pending get that reads ``state`` is returned alone (a
+        forced step). If some pending get can never be satisfied — its output
+        does not extend ``state`` (appends only extend a value) and no put or
+        delete that may still precede it could reset the value suitably —
+        the configuration is dead and nothing is returned. Writes are ordered
+        by a heuristic that does not affect completeness: first those that
+        move the value towards what a pending get returned, then by earliest
+        return (the most urgent first).
+        """
+        e = nxt[head]
+        reads: list[int] = []
+        writes: list[int] = []
+        while is_call[e]:
+            op = e_op[e]
+            if kind[op] == _GET:
+                if arg[op] == state:
+                    return [e]
+                reads.append(e)
+            else:
+                writes.append(e)
+            e = nxt[e]
+        # Look ahead past the frontier: gets called soon after it tell which
+        # order of the pending writes they observed.
+        seen = 0
+        while e != -1 and seen < _LOOKAHEAD_ENTRIES and len(reads) < _LOOKAHEAD_READS:
+            if is_call[e] and kind[e_op[e]] == _GET:
+                reads.append(e)
+            e = nxt[e]
+            seen += 1
+        if not reads:
+            return writes
+        ls = len(state)
+        big = len(reads)
+        scores = [big] * len(writes)
+        exact = [1] * len(writes)
+        for rank, r in enumerate(reads):
+            out = arg[e_op[r]]
+            extends = out.startswith(state)
+            if not extends and not resettable(r, out):
+                dead[0] = e_op[r]
+                return []
+            for i, w in enumerate(writes):
+                if scores[i] != big:
+                    continue
+                op = e_op[w]
+                k = kind[op]
+                if k == _APPEND:
+                    v = arg[op]
+                    if extends and out.startswith(v, ls):
+                        scores[i] = rank
+                        exact[i] = 0 if len(out) == ls + len(v) else 1
+                elif k == _PUT:
+                    v = arg[op]
+                    if out.startswith(v):
+                        scores[i] = rank
+                        exact[i] = 0 if len(out) == len(v) else 1
+                elif not out:
+                    scores[i] = rank
+                    exact[i] = 0
+        if len(writes) < 2:
+            return writes
+        order = sorted(
+            range(len(writes)), key=lambda i: (scores[i], exact[i], match[writes[i]])
+        )
+        return [writes[i] for i in order]
+
+    def stuck_here(depth_path: list[int], state: str) -> _Stuck:
+        pending = []
+        e = nxt[head]
+        while is_call[e]:
+            pending.append(e_op[e])
+            e = nxt[e]
+        dead[0] = -1
+        candidates(state)  # recomputed to learn which get (if any) is dead here
+        stuck = dead[0] if dead[0] >= 0 else e_op[e]
+        return _Stuck([e_op[x] for x in depth_path], state, stuck, pending)
+
     state = ""
     lin = 0
     cache: set[tuple[int, str]] = set()
-    stack_entry: list[int] = []
-    stack_state: list[str] = []
-    stack_forced: list[bool] = []
+    # The path of linearized operations; for each, the configuration before
+    # it (state, candidate list, next candidate to try).
+    chosen: list[int] = []
+    saved_cands: list[list[int]] = []
+    saved_pos: list[int] = []
+    saved_state: list[str] = []
     best: _Stuck | None = None
     steps = 0
-    entry = nxt[head]
+    dead[0] = -1
+    cands = candidates(state)
+    pos = 0
 
     while True:
         steps += 1
         if deadline is not None and steps % _CLOCK_EVERY == 0 and time.monotonic() > deadline:
             return _KeyVerdict(Outcome.UNKNOWN, steps)
 
-        if is_call[entry]:
+        if pos < len(cands):
+            entry = cands[pos]
+            pos += 1
             op = e_op[entry]
             k = kind[op]
-            forced = False
             if k == _GET:
-                if state != arg[op]:
-                    entry = nxt[entry]
-                    continue
                 new = state
-                forced = True
             elif k == _PUT:
                 new = arg[op]
             elif k == _APPEND:
@@ -274,66 +398,84 @@ def _check_partition(ops: Sequence[Operation], deadline: float | None) -> _KeyVe
             new_lin = lin | bit[op]
             config = (new_lin, new)
             if config in cache:
-                if not forced:
-                    entry = nxt[entry]
-                    continue
-                # A matching read leads to an explored dead end, hence so does
-                # this configuration: backtrack (fall through to the pop below).
-            else:
-                cache.add(config)
-                stack_entry.append(entry)
-                stack_state.append(state)
-                stack_forced.append(forced)
-                lin = new_lin
-                state = new
-                # lift: unlink the call entry and its return entry
-                nx, pv = nxt[entry], prv[entry]
-                prv[nx] = pv
-                nxt[pv] = nx
-                r = match[entry]
-                nx, pv = nxt[r], prv[r]
-                nxt[pv] = nx
-                if nx != -1:
-                    prv[nx] = pv
-                if finite[op]:
-                    remaining -= 1
-                    if remaining == 0:
-                        return _KeyVerdict(Outcome.OK, steps)
-                entry = nxt[head]
                 continue
-        else:
-            # A return entry of an operation not yet linearized: stuck here.
-            if best is None or len(stack_entry) > len(best.prefix):
-                pending = []
-                e = nxt[head]
-                while e != entry:
-                    if is_call[e]:
-                        pending.append(e_op[e])
-                    e = nxt[e]
-                best = _Stuck([e_op[x] for x in stack_entry], state, e_op[entry], pending)
-
-        # Backtrack: undo linearized operations until one that has siblings to try.
-        while True:
-            if not stack_entry:
-                return _KeyVerdict(Outcome.ILLEGAL, steps, best)
-            entry = stack_entry.pop()
-            state = stack_state.pop()
-            was_forced = stack_forced.pop()
-            op = e_op[entry]
-            lin ^= bit[op]
-            if finite[op]:
-                remaining += 1
-            # unlift: relink the return entry, then the call entry
+            cache.add(config)
+            chosen.append(entry)
+            saved_cands.append(cands)
+            saved_pos.append(pos)
+            saved_state.append(state)
+            lin = new_lin
+            state = new
+            # lift: unlink the call entry and its return entry
+            nx, pv = nxt[entry], prv[entry]
+            prv[nx] = pv
+            nxt[pv] = nx
             r = match[entry]
             nx, pv = nxt[r], prv[r]
-            nxt[pv] = r
+            nxt[pv] = nx
             if nx != -1:
-                prv[nx] = r
-            nxt[prv[entry]] = entry
-            prv[nxt[entry]] = entry
-            if not was_forced:
+                prv[nx] = pv
+            if finite[op]:
+                remaining -= 1
+                if remaining == 0:
+                    return _KeyVerdict(Outcome.OK, steps)
+            dead[0] = -1
+            cands = candidates(state)
+            pos = 0
+            continue
+
+        # Every candidate of this configuration failed: it is a dead end.
+        if best is None or len(chosen) > len(best.prefix):
+            best = stuck_here(chosen, state)
+        if not chosen:
+            return _KeyVerdict(Outcome.ILLEGAL, steps, best)
+        entry = chosen.pop()
+        cands = saved_cands.pop()
+        pos = saved_pos.pop()
+        state = saved_state.pop()
+        op = e_op[entry]
+        lin ^= bit[op]
+        if finite[op]:
+            remaining += 1
+        # unlift: relink the return entry, then the call entry
+        r = match[entry]
+        nx, pv = nxt[r], prv[r]
+        nxt[pv] = r
+        if nx != -1:
+            prv[nx] = r
+        nxt[prv[entry]] = entry
+        prv[nxt[entry]] = entry
+
+
+def _impossible_read(ops: Sequence[Operation]) -> int:
+    """Index of a get whose output no linearization can produce, or -1.
+
+    A linear-time pre-check that proves many bad histories illegal without a
+    search: a non-empty value must start with the argument of some put or
+    append (the first write after the key was last missing or reset) whose
+    call is no later than the get's return.
+    """
+    first_call: dict[str, float] = {}
+    for op in ops:
+        v = op.value
+        if op.kind in (OpKind.PUT, OpKind.APPEND) and v and op.call < first_call.get(v, math.inf):
+            first_call[v] = op.call
+    lengths = sorted({len(v) for v in first_call})
+    for i, op in enumerate(ops):
+        out = op.output
+        if op.kind is not OpKind.GET or not out:
+            continue
+        possible = False
+        for length in lengths:
+            if length > len(out):
                 break
-        entry = nxt[entry]
+            call = first_call.get(out[:length])
+            if call is not None and call <= op.ret:
+                possible = True
+                break
+        if not possible:
+            return i
+    return -1
 
 
 def _explain(key: str, ops: Sequence[Operation], idx: Sequence[int], st: _Stuck, t0: float) -> str:
@@ -359,6 +501,10 @@ def _explain(key: str, ops: Sequence[Operation], idx: Sequence[int], st: _Stuck,
     tail_from = max(0, len(st.prefix) - _PREFIX_TAIL)
     for j, v in zip(st.prefix[tail_from:], values[tail_from:], strict=True):
         out.append(f"    {line(j)}   => value {_short(v)}")
+    if st.reason:
+        out.append(f"Operation that can never be linearized: {line(st.stuck)}")
+        out.append(f"    {st.reason}")
+        return "\n".join(out)
     out.append(f"Value after the prefix: {_short(st.state)}")
     out.append("First operation that could not be linearized (it returned before any legal")
     out.append("order of the pending operations could include it):")
@@ -374,10 +520,10 @@ def _explain(key: str, ops: Sequence[Operation], idx: Sequence[int], st: _Stuck,
     concurrent = [
         j
         for j, op in enumerate(sub)
-        if j != st.stuck and op.call <= stuck.ret and op.ret >= stuck.call
+        if j != st.stuck and (j in pending or (op.call <= stuck.ret and op.ret >= stuck.call))
     ]
     concurrent.sort(key=lambda j: sub[j].call)
-    out.append(f"Operations concurrent with it ({len(concurrent)}):")
+    out.append(f"Operations pending at that point or concurrent with it ({len(concurrent)}):")
     for j in concurrent[:_MAX_CONCURRENT]:
         if j in in_prefix:
             tag = "linearized"

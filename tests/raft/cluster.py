@@ -66,8 +66,9 @@ class Member:
 
 
 class LocalCluster:
-    def __init__(self, tmp: Path, n: int, **node_options: Any) -> None:
+    def __init__(self, tmp: Path, n: int, *, fsync: bool = True, **node_options: Any) -> None:
         self.ids = list(range(n))
+        self.fsync = fsync
         self.members = {i: Member(i, tmp / f"node{i}") for i in self.ids}
         self.options: dict[str, Any] = {"tick_interval": 0.01, "election_tick": 10}
         self.options.update(node_options)
@@ -81,7 +82,7 @@ class LocalCluster:
 
     async def _listen(self, m: Member) -> None:
         m.fsm = RecordingStateMachine()
-        storage = FileStorage(m.directory)
+        storage = FileStorage(m.directory, fsync=self.fsync)
         m.node = RaftNode(
             NodeConfig(id=m.id, peers=frozenset(self.ids), seed=m.id, **self.options),
             storage,
@@ -131,8 +132,9 @@ class LocalCluster:
     def running(self) -> list[Member]:
         return [m for m in self.members.values() if m.running]
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0,
-                       what: str = "condition") -> None:
+    async def wait_for(
+        self, condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+    ) -> None:
         """Poll ``condition`` (cheap, in-process) until true or fail."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -147,8 +149,7 @@ class LocalCluster:
             return len(leaders) == 1
 
         await self.wait_for(one_leader, timeout, "a single leader")
-        (leader,) = [m.id for m in self.running()
-                     if m.node and m.node.status().role is Role.LEADER]
+        (leader,) = [m.id for m in self.running() if m.node and m.node.status().role is Role.LEADER]
         return leader
 
     async def propose(self, data: bytes, timeout: float = 10.0) -> int:
@@ -158,8 +159,9 @@ class LocalCluster:
         while True:
             leader = await self.wait_leader(max(0.1, deadline - loop.time()))
             try:
-                index, _ = await asyncio.wait_for(self.node(leader).propose(data),
-                                                  max(0.1, deadline - loop.time()))
+                index, _ = await asyncio.wait_for(
+                    self.node(leader).propose(data), max(0.1, deadline - loop.time())
+                )
                 return index
             except Exception:
                 if loop.time() > deadline:

@@ -38,7 +38,7 @@ def test_follower_behind_compaction_gets_snapshot_in_chunks() -> None:
 
     net.heal()
     net.drop = spy
-    net.tick(n=10)
+    net.tick(n=30)
     size = len(net.storages[1].snapshot().data)
     assert len(chunks) == -(-size // 64) > 1
     assert [c.offset for c in chunks] == list(range(0, size, 64))
@@ -63,7 +63,7 @@ def test_lost_chunk_is_resent_after_timeout() -> None:
 
     net.heal()
     net.drop = lose_second_chunk_once
-    net.tick(n=10)
+    net.tick(n=30)
     assert lost
     assert net.storages[3].snapshot().meta.index == 31
     assert net.applied[3] == net.applied[1]
@@ -81,7 +81,7 @@ def test_lost_snapshot_response_is_recovered() -> None:
 
     net.heal()
     net.drop = lose_response
-    net.tick(n=10)
+    net.tick(n=30)
     assert len(lost) == 2
     assert net.applied[3] == net.applied[1]
 
@@ -92,14 +92,14 @@ def test_follower_restart_mid_transfer_restarts_from_zero() -> None:
     net.tick([1])  # first chunk goes out
     net.flush()
     net.restart(3)  # the buffered chunks are lost with the process
-    net.tick(n=10)
+    net.tick(n=30)
     assert net.applied[3] == net.applied[1]
 
 
 def test_stale_snapshot_is_answered_with_commit() -> None:
     net = lagging_follower()
     net.heal()
-    net.tick(n=10)
+    net.tick(n=30)
     follower = net.cores[3]
     meta = net.storages[1].snapshot().meta
     follower.step(
@@ -114,7 +114,7 @@ def test_stale_snapshot_is_answered_with_commit() -> None:
 def test_snapshot_restart_keeps_state() -> None:
     net = lagging_follower()
     net.heal()
-    net.tick(n=10)
+    net.tick(n=30)
     net.restart(3)
     net.tick(n=5)
     assert net.applied[3] == net.applied[1]

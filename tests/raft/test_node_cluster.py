@@ -43,14 +43,17 @@ def test_three_nodes_replicate_10000_proposals(tmp_path: Path) -> None:
             assert len(set(indexes)) == len(indexes)
             last = max(indexes)
             await cluster.wait_for(
-                lambda: all(m.node is not None and m.node.status().applied >= last
-                            for m in cluster.running()),
+                lambda: all(
+                    m.node is not None and m.node.status().applied >= last
+                    for m in cluster.running()
+                ),
                 what="every node to apply everything",
             )
             applied = agree(cluster)
             assert set(payloads) <= set(applied)
             assert [i for i, _ in cluster.members[leader].fsm.applied] == sorted(
-                i for i, _ in cluster.members[leader].fsm.applied)
+                i for i, _ in cluster.members[leader].fsm.applied
+            )
         finally:
             await cluster.stop()
 
@@ -137,7 +140,8 @@ def test_read_index_reads_see_committed_writes(tmp_path: Path) -> None:
                 await cluster.node(follower).read_index()
             # Many concurrent reads share heartbeat rounds.
             reads = await asyncio.wait_for(
-                asyncio.gather(*(cluster.node(leader).read_index() for _ in range(200))), 5)
+                asyncio.gather(*(cluster.node(leader).read_index() for _ in range(200))), 5
+            )
             assert min(reads) >= index
         finally:
             await cluster.stop()
@@ -198,8 +202,9 @@ def test_leadership_transfer(tmp_path: Path) -> None:
             leader = await cluster.wait_leader()
             target = (leader + 1) % 3
             cluster.node(leader).transfer_leader(target)
-            await cluster.wait_for(lambda: cluster.node(target).is_leader,
-                                   what="the transfer target to lead")
+            await cluster.wait_for(
+                lambda: cluster.node(target).is_leader, what="the transfer target to lead"
+            )
             await cluster.propose(b"after-transfer")
         finally:
             await cluster.stop()

@@ -348,8 +348,8 @@ def test_install_then_create_and_compact(storage: Storage) -> None:
 
 def test_many_entries_across_segments(storage: Storage) -> None:
     # 256-byte segments for the file storages: this spans dozens of them.
-    for i in range(1, 201, 4):
-        storage.save(HardState(term=1, commit=i - 1), ents(i, i + 3, size=30))
+    for i in range(1, 161, 8):
+        storage.save(HardState(term=1, commit=i - 1), ents(i, i + 7, size=30))
     storage.save(None, ents(150, 160, term=2, size=5))
     assert storage.last_index() == 160
     assert storage.term(149) == 1

@@ -196,3 +196,42 @@ async def test_oversized_response_becomes_handler_error() -> None:
         assert info.value.status is Status.HANDLER_ERROR
         assert "exceeds the limit" in info.value.message
         assert (await stub.Echo(EchoRequest(seq=1), timeout=WAIT)).seq == 1
+
+
+async def test_client_that_does_not_read_gets_backpressure(loop_kind: str) -> None:
+    async with serving() as provider:
+        peer = await RawPeer.connect(provider.port)
+        peer.writer.transport.pause_reading()  # a client that stops reading
+        big = EchoRequest(reply_size=1 << 20).SerializeToString()
+        n = 16  # 16 MiB of replies: more than loopback socket buffers hold
+        peer.writer.write(b"".join(request_frame(i + 1, big) for i in range(n)))
+        (conn,) = provider._connections
+        transport = conn._transport
+        assert transport is not None
+        for _ in range(500):  # bounded poll: the server stops reading requests
+            if not transport.is_reading():
+                break
+            await asyncio.sleep(0.01)
+        assert not transport.is_reading()
+        peer.writer.transport.resume_reading()
+        ids = sorted([(await peer.read_frame()).header.call_id for _ in range(n)])
+        assert ids == list(range(1, n + 1))
+        assert transport.is_reading()
+        await peer.close()
+
+
+async def test_disconnect_mid_call_makes_no_noise(caplog: pytest.LogCaptureFixture) -> None:
+    impl = EchoImpl()
+    async with serving(impl) as provider:
+        for _ in range(5):
+            peer = await RawPeer.connect(provider.port)
+            await peer.send(request_frame(1, EchoRequest(delay_ms=10_000).SerializeToString()))
+            await asyncio.wait_for(impl.started.wait(), WAIT)
+            await peer.close()
+        for _ in range(200):  # bounded poll until every handler was cancelled
+            if impl.cancel_count == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert impl.cancel_count == 5
+        await assert_still_serving(provider.port)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

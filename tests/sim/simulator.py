@@ -188,6 +188,8 @@ PROFILES: dict[str, FaultProfile] = {
             crash_rate=0.15,
             leader_crash_bias=0.9,
             downtime=(1, 20),
+            partition_rate=0.02,
+            heal_rate=0.05,
             propose_rate=2.0,
             read_rate=0.0,
             pre_vote=False,
@@ -661,8 +663,8 @@ class Simulator:
         self.stats["proposals"] += 1
         try:
             index = n.core.propose(data)
-        except (NotLeader, ProposalDropped) as e:
-            self._ev(n.id, "PROPOSE", f"{data!r} refused: {type(e).__name__}")
+        except (NotLeader, ProposalDropped):
+            self.stats["proposals_refused"] += 1
             return None
         self._ev(n.id, "PROPOSE", f"{data!r} -> index {index}")
         self._drive(n)
@@ -677,8 +679,8 @@ class Simulator:
         self.checker.on_read_start(ctx, n.id, n.core.term, self.now / self.profile.substeps)
         try:
             n.core.read_index(ctx)
-        except (NotLeader, ProposalDropped) as e:
-            self._ev(n.id, "READ", f"{ctx!r} refused: {type(e).__name__}")
+        except (NotLeader, ProposalDropped):
+            self.stats["reads_refused"] += 1
             return
         self.stats["reads"] += 1
         self._ev(n.id, "READ", f"{ctx!r} at commit>={self.checker.max_committed}")
@@ -764,37 +766,56 @@ class Simulator:
                 )
             self._tick(faulty=False)
         self._ev(-1, "LIVENESS", f"leader {self._leader().id} after {self.tick_no - start} ticks")  # type: ignore[union-attr]
-        finals = [b"final%d" % k for k in range(3)]
-        pending = list(finals)
+        # Three fresh proposals must be applied everywhere. A proposal whose
+        # leader lost office before committing it may be lost (Raft promises
+        # nothing for it; a client would retry): re-propose it then.
+        attempts: dict[int, list[tuple[bytes, int]]] = {k: [] for k in range(3)}
         start = self.tick_no
+        applied = self.checker.applied_payloads
         while True:
-            if pending and (leader := self._stable_leader()) is not None:
-                data = pending[0]
-                self.checker.on_propose(data)
-                assert leader.core is not None
-                try:
-                    leader.core.propose(data)
-                    pending.pop(0)
-                    self._ev(leader.id, "PROPOSE", f"{data!r} (liveness)")
+            leader = self._stable_leader()
+            if leader is not None and leader.core is not None:
+                for k, tries in attempts.items():
+                    if any(d in applied for d, _ in tries) or any(
+                        t == leader.term for _, t in tries
+                    ):
+                        continue
+                    data = b"final%d.%d" % (k, len(tries))
+                    self.checker.on_propose(data)
+                    try:
+                        index = leader.core.propose(data)
+                    except (NotLeader, ProposalDropped):
+                        break
+                    tries.append((data, leader.term))
+                    self._ev(leader.id, "PROPOSE", f"{data!r} -> index {index} (liveness)")
                     self._drive(leader)
-                except (NotLeader, ProposalDropped):
-                    pass
-            if not pending and self._all_applied(finals):
+            done = all(any(d in applied for d, _ in tries) for tries in attempts.values())
+            if done and self._all_applied():
                 break
             if self.tick_no - start > bound:
                 raise LivenessFailure(
                     "liveness-commit",
                     f"proposals after healing not applied everywhere within {bound} ticks "
-                    f"(still to propose: {pending})",
+                    f"(attempts: {attempts}); {self._progress_summary()}",
                 )
             self._tick(faulty=False)
 
-    def _all_applied(self, finals: Sequence[bytes]) -> bool:
-        ck = self.checker
-        for d in finals:
-            if d not in ck.applied_payloads:
-                return False
-        top = ck.max_committed
+    def _progress_summary(self) -> str:
+        """The leader's view of each follower (why replication is stuck)."""
+        leader = self._leader()
+        if leader is None or leader.core is None:
+            return "no leader"
+        parts = []
+        for p, pr in sorted(leader.core.status().progress.items()):
+            if p != leader.id:
+                parts.append(
+                    f"{p}: match={pr.match} next={pr.next} {pr.state.value} inflight={pr.inflight}"
+                    f" applied={self.nodes[p].sm.index}"
+                )
+        return f"leader {leader.id} progress: " + ", ".join(parts)
+
+    def _all_applied(self) -> bool:
+        top = self.checker.max_committed
         return all(n.sm.index >= top for n in self.nodes)
 
     def run(self) -> SimResult:
@@ -818,9 +839,7 @@ class Simulator:
             kind, detail = v.invariant, v.detail
         except Exception as e:  # a panic inside the core is a finding too
             kind = "core-exception"
-            detail = f"{type(e).__name__}: {e}\n" + "".join(
-                traceback.format_exception(e)[-6:]
-            )
+            detail = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e)[-6:])
         self.stats["max_committed"] = self.checker.max_committed
         self.stats["reads_released"] = self.checker.reads_released
         if kind is None:

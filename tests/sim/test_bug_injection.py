@@ -20,7 +20,14 @@ from raft.core import NotLeader, RaftCore
 from raft.quorum import committed_index
 from raft.storage import MemoryStorage
 from raft.types import NONE, Entry, HardState, Message, MessageType, ReadState, Role, Snapshot
-from tests.sim.simulator import PROFILES, CoreFactory, FaultProfile, SimResult, StorageFactory, run_seed
+from tests.sim.simulator import (
+    PROFILES,
+    CoreFactory,
+    FaultProfile,
+    SimResult,
+    StorageFactory,
+    run_seed,
+)
 
 # --------------------------------------------------------------------------
 # Broken cores
@@ -178,7 +185,7 @@ BUGS = [
         "double-vote",
         replace(PROFILES["partitions"], ticks=200, pre_vote=False, check_quorum=False),
         core=DoubleVoteCore,
-        expect=frozenset({"election-safety"}),
+        expect=frozenset({"vote-safety", "election-safety"}),
     ),
     Bug(
         "vote-not-persisted",
