@@ -284,7 +284,9 @@ class FileStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
-    ) -> None:
+        *,
+        sync: bool = True,
+    ) -> bool:
         self._check_writable()
         # Validate everything before writing anything, so a rejected call
         # leaves disk and memory untouched.
@@ -318,13 +320,21 @@ class FileStorage:
         if hard_state is not None and hard_state != self._hard_state:
             records.append(hard_state)
         if not records:
-            return
+            return False
+        # Only entries, a snapshot, a term or a vote are promises to others
+        # (etcd's MustSync); a commit index alone can be relearned from the
+        # leader, so it rides along unsynced until the next sync.
+        must_sync = bool(new) or install is not None or (
+            hard_state is not None
+            and (hard_state.term, hard_state.vote)
+            != (self._hard_state.term, self._hard_state.vote)
+        )
         try:
             if install is not None:
                 # The file first: the WAL record naming it must never be
                 # durable while the file is not.
                 self._snaps.save(install)
-            self._wal.write(records, self._wal_state())
+            self._wal.write(records, self._wal_state(), sync=sync and must_sync)
         except OSError as e:
             raise self._fail(e, "save") from e
 
@@ -339,6 +349,18 @@ class FileStorage:
             self._hard_state = hard_state
         if install is not None:
             self._cleanup(old_snap)
+        return must_sync and not sync
+
+    def sync(self) -> None:
+        """Make everything written by ``save(..., sync=False)`` durable.
+
+        May run in a worker thread as long as nothing else uses the storage
+        meanwhile (the driver waits for it before its next write)."""
+        self._check_writable()
+        try:
+            self._wal.sync()
+        except OSError as e:
+            raise self._fail(e, "sync") from e
 
     def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
         self._check_writable()

@@ -10,15 +10,24 @@ demands:
 3. apply committed entries to the state machine and wake their proposers,
 4. ``advance()``.
 
-The drain is one synchronous callback scheduled with ``call_soon`` when the
-core has work: everything that arrived in the same event-loop iteration (many
-proposals, many peer messages) is persisted by one fsync (group commit), and
-the core is never touched by two things at once.
+One task drains; it is woken whenever the core gets input. The write of a
+``Ready`` happens on the event loop, the fsync in a worker thread, so while
+the disk works the loop keeps receiving: everything that arrives meanwhile
+(many proposals, many peer messages) goes into the next ``Ready`` and is
+covered by one fsync (group commit). The core may take ``step``/``propose``
+between ``ready()`` and ``advance()`` (as etcd's RawNode allows), never two
+``Ready``s at once.
+
+A leader sends its messages *before* its own fsync (Raft dissertation
+10.2.1): AppendEntries promise nothing about the leader's disk, and the core
+counts the leader's own entries toward commit only after ``advance()``, i.e.
+after they are durable. Everyone else sends only after the fsync: a vote or
+an append acknowledgement is a promise about the disk.
 
 Requests from peers are answered on the same RPC call: ``handle_request``
 steps the message and waits until the drain emits the core's response to that
 peer, which happens only after step 1. A message the core ignores gets an
-empty reply when the drain completes.
+empty reply once the ``Ready`` that followed it is processed.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import asyncio
 import logging
 import struct
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
@@ -141,6 +151,9 @@ class NodeMetrics:
 class _Waiter:
     accepts: frozenset[MessageType]
     future: asyncio.Future[Message | None]
+    #: How many Readys had been taken when the request was stepped: the
+    #: response, if any, is in the next one.
+    readies_before: int
 
 
 @dataclass(slots=True)
@@ -208,7 +221,11 @@ class RaftNode:
         self._proposals: dict[int, _Proposal] = {}
         self._reads = _Reads()
         self._read_counter = 0
-        self._drain_scheduled = False
+        self._wake: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._readies_taken = 0
+        self._persisted = storage.initial_state()[0]
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
@@ -229,6 +246,8 @@ class RaftNode:
         self._loop = asyncio.get_running_loop()
         self._log.info("node %d starting: term %d, applied %d, last index %d",
                        self.id, self._core.term, self._applied, self._core.log.last_index())
+        self._wake = asyncio.Event()
+        self._drain_task = self._loop.create_task(self._drain_loop())
         self._schedule_tick(self._loop.time())
         self._schedule_drain()
 
@@ -239,6 +258,11 @@ class RaftNode:
         self._stopped = True
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            await asyncio.gather(self._drain_task, return_exceptions=True)
+        # An fsync still running in the worker finishes before the file closes.
+        self._io.shutdown(wait=True)
         self._fail_pending(NodeStopped(f"node {self.id} stopped"))
         if self._transport is not None:
             await self._transport.close()
@@ -274,7 +298,9 @@ class RaftNode:
         accepts = _RESPONSES.get(msg.type, frozenset())
         future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         if accepts:
-            self._waiters.setdefault(msg.src, deque()).append(_Waiter(accepts, future))
+            self._waiters.setdefault(msg.src, deque()).append(
+                _Waiter(accepts, future, self._readies_taken)
+            )
         else:
             future.set_result(None)
         self._core.step(msg)
@@ -370,52 +396,73 @@ class RaftNode:
         self._schedule_tick(nxt)
 
     def _schedule_drain(self) -> None:
-        if not self._drain_scheduled and not self._stopped:
-            self._drain_scheduled = True
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self._drain)
+        if self._wake is not None:
+            self._wake.set()
 
-    def _drain(self) -> None:
-        self._drain_scheduled = False
-        if self._stopped:
-            return
-        try:
-            while self._core.has_ready():
-                self._handle_ready(self._core.ready())
-            self._maybe_snapshot()
-        except Exception as exc:
-            # Storage failures (full disk, failed fsync) leave the on-disk
-            # state unknown: stop rather than continue (fail-stop).
-            self._log.critical("node %d: fatal error, stopping: %s", self.id, exc,
-                               exc_info=True)
-            self._failure = exc
-            self._failed.set()
-            self._stopped = True
-            if self._ticker is not None:
-                self._ticker.cancel()
-            self._fail_pending(NodeStopped(f"node {self.id} failed: {exc}"))
-            return
-        # Requests the core ignored get an empty reply.
-        for waiters in self._waiters.values():
-            for w in waiters:
+    async def _drain_loop(self) -> None:
+        assert self._wake is not None
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while self._core.has_ready() and not self._stopped:
+                    await self._handle_ready(self._core.ready())
+                self._maybe_snapshot()
+            except Exception as exc:
+                self._fatal(exc)
+                return
+            # Requests the core ignored get an empty reply.
+            self._release_waiters(self._readies_taken + 1)
+
+    def _fatal(self, exc: Exception) -> None:
+        # Storage failures (full disk, failed fsync) leave the on-disk state
+        # unknown: stop rather than continue (fail-stop).
+        self._log.critical("node %d: fatal error, stopping: %s", self.id, exc, exc_info=True)
+        self._failure = exc
+        self._failed.set()
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._fail_pending(NodeStopped(f"node {self.id} failed: {exc}"))
+
+    def _release_waiters(self, readies_taken: int) -> None:
+        """Answer with nothing the requests stepped before ``readies_taken``
+        Readys were taken that got no response in them."""
+        for peer in list(self._waiters):
+            waiters = self._waiters[peer]
+            while waiters and waiters[0].readies_before < readies_taken:
+                w = waiters.popleft()
                 if not w.future.done():
                     w.future.set_result(None)
-        self._waiters.clear()
+            if not waiters:
+                del self._waiters[peer]
 
-    def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(self, rd: Ready) -> None:
+        self._readies_taken += 1
+        taken = self._readies_taken
+        hs = rd.hard_state
+        send_first = self._core.role is Role.LEADER and (
+            hs is None or (hs.term, hs.vote) == (self._persisted.term, self._persisted.vote)
+        )
+        if send_first:
+            for msg in rd.messages:
+                self._dispatch(msg)
         # 1. Persist: everything below may depend on it.
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-            self._storage.save(rd.hard_state, rd.entries, rd.snapshot)
-            self.metrics.saves += 1
-            self.metrics.entries_persisted += len(rd.entries)
+        if hs is not None or rd.entries or rd.snapshot is not None:
             if rd.snapshot is not None and not rd.snapshot.empty:
                 self._forget_sizes_through(rd.snapshot.meta.index)
             for e in rd.entries:
                 self._track_entry(e)
+            if self._storage.save(hs, rd.entries, rd.snapshot, sync=False):
+                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+                self.metrics.saves += 1
+            self.metrics.entries_persisted += len(rd.entries)
+            if hs is not None:
+                self._persisted = hs
         # 2. Send.
-        for msg in rd.messages:
-            self._dispatch(msg)
+        if not send_first:
+            for msg in rd.messages:
+                self._dispatch(msg)
         # 3. Apply.
         if rd.snapshot is not None and not rd.snapshot.empty:
             self._install_snapshot(rd.snapshot)
@@ -430,6 +477,7 @@ class RaftNode:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         # 4. Advance.
         self._core.advance(rd)
+        self._release_waiters(taken)
 
     def _dispatch(self, msg: Message) -> None:
         waiters = self._waiters.get(msg.dst)

@@ -89,12 +89,24 @@ class Storage(LogStorage, Protocol):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
-    ) -> None:
+        *,
+        sync: bool = True,
+    ) -> bool:
         """Make one ``Ready`` durable. Order: install ``snapshot`` (dropping
         the log it covers), then append ``entries`` (first truncating any
         stored suffix from ``entries[0].index`` on: those entries conflict
         with the leader's), then record ``hard_state``. When this returns,
-        all of it survives a crash."""
+        all of it survives a crash (a change of ``hard_state.commit`` alone
+        may not: the commit index can be relearned from the leader).
+
+        With ``sync=False`` the data is written and visible to reads but may
+        not be durable yet; the result says whether ``sync()`` is needed
+        before anything that depends on it (a message, an acknowledgement)
+        may leave. This lets a driver fsync off its event loop."""
+        ...
+
+    def sync(self) -> None:
+        """Make everything saved so far durable (see ``save``)."""
         ...
 
     def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
@@ -175,13 +187,19 @@ class MemoryStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
-    ) -> None:
+        *,
+        sync: bool = True,
+    ) -> bool:
         if snapshot is not None and not snapshot.empty:
             self._apply_snapshot(snapshot)
         if entries:
             self._append(entries)
         if hard_state is not None:
             self._hard_state = hard_state
+        return False  # memory is as durable as it gets
+
+    def sync(self) -> None:
+        pass
 
     def _apply_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.meta.index <= self._snapshot.meta.index:

@@ -482,6 +482,7 @@ class Wal:
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._next_seq = segments[-1].seq + 1 if segments else 1
+        self._unsynced = False
 
     @classmethod
     def open(
@@ -560,14 +561,20 @@ class Wal:
     def segment_paths(self) -> list[str]:
         return [s.path for s in self._segments]
 
-    def write(self, records: Sequence[Record], state: WalState) -> None:
-        """Append ``records`` as one batch with one write and one sync.
-        ``state`` is the log state before the batch (for a rotation's BASE)."""
+    def write(self, records: Sequence[Record], state: WalState, *, sync: bool = True) -> None:
+        """Append ``records`` as one batch with one write and, unless
+        ``sync=False``, one sync. ``state`` is the log state before the batch
+        (for a rotation's BASE). With ``sync=False`` the batch is durable only
+        after a later ``sync()`` (or a later synced write: a sync covers every
+        byte written to the file before it)."""
         if not records:
             return
         rotate = self._file is None or self._size >= self._segment_bytes
         buf = bytearray()
         if rotate:
+            # Whatever the old segment holds unsynced must be durable before a
+            # newer segment can be: recovery trusts every non-last segment.
+            self.sync()
             seq = self._next_seq
             base = SegmentBase(
                 seq,
@@ -586,7 +593,7 @@ class Wal:
         buf += encode_batch(records)
         try:
             f.write(bytes(buf))
-            if self._fsync:
+            if self._fsync and (sync or rotate):
                 f.sync()
                 if rotate:
                     # The new file's name is durable only once the directory
@@ -604,7 +611,21 @@ class Wal:
             self._segments.append(_Segment(seq, path))
             self._next_seq = seq + 1
         self._size += len(buf)
+        self._unsynced = self._fsync and not (sync or rotate)
         _note_batch(self._segments, records)
+
+    @property
+    def needs_sync(self) -> bool:
+        return self._unsynced
+
+    def sync(self) -> None:
+        """Make every batch written so far durable (one fdatasync).
+
+        Safe to run in another thread while the caller does not write: it
+        touches only the file descriptor, never the writer's bookkeeping."""
+        if self._unsynced and self._file is not None:
+            self._file.sync()
+        self._unsynced = False
 
     def release(self, index: int) -> list[str]:
         """Delete, oldest first, segments before the current one whose live
