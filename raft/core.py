@@ -11,6 +11,13 @@ References in comments: "paper" = Ongaro & Ousterhout, *In Search of an
 Understandable Consensus Algorithm* (extended version); "dissertation" =
 Ongaro, *Consensus: Bridging Theory and Practice* (2014).
 
+Every message leaves through ``ready()`` -- none is sent "directly" -- so a
+driver that persists a Ready before sending its messages can never announce
+state (a vote, an appended entry) that a crash could take back. The leader
+builds its APPENDs lazily, when ``ready()`` is called: all proposals made
+since the previous Ready travel in one batch per follower (bounded by
+``max_size_per_msg``; pipelined up to the inflight limits).
+
 Structure: ``step`` handles terms once for all roles, then the role's
 handler (``self._step`` is ``_step_follower``, ``_step_candidate`` or
 ``_step_leader``; ``self._tick`` likewise). Rules that tests may want to
@@ -773,10 +780,12 @@ class RaftCore:
             return
         self._snap_recv = None
         self._restore(Snapshot(meta=meta, data=bytes(recv.data)))
-        # The answer depends on the snapshot being persisted: it leaves in the
-        # same Ready as Ready.snapshot.
+        # Either way our log now matches the leader's up to the commit index
+        # (= the snapshot's index), and no further: entries we kept after it
+        # (rule 6) may still conflict. The answer depends on the snapshot
+        # being persisted: it leaves in the same Ready as Ready.snapshot.
         self._send(
-            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.last_index())
+            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
         )
 
     def _restore(self, snap: Snapshot) -> bool:

@@ -107,7 +107,10 @@ class _Conn:
         """Reset both sides and stop the pumps."""
         for w in (self.a_writer, self.b_writer):
             w.transport.abort()
-        if self.task is not None and not self.task.done():
+        # Not from inside the task itself (_serve's cleanup): that would mark
+        # the finished handler cancelled and asyncio would log it as an error.
+        if (self.task is not None and not self.task.done()
+                and self.task is not asyncio.current_task()):
             self.task.cancel()
 
 
@@ -227,6 +230,10 @@ class LinkProxy:
         self._handlers.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Cancelled by close(): end quietly (asyncio's stream callback
+            # would log a cancelled client_connected_cb task as an error).
+            pass
         finally:
             self._handlers.discard(task)
 

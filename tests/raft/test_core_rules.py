@@ -349,3 +349,57 @@ def test_restart_restores_hard_state_and_log() -> None:
     rd = c.ready()
     assert rd.hard_state is None  # nothing changed
     assert [e.index for e in rd.committed_entries] == [2]
+
+
+# -- Driver interface ------------------------------------------------------------------------
+
+
+def test_status_reports_progress_on_leader() -> None:
+    from raft.progress import ProgressState
+
+    c = core(terms=(1,), term=1)
+    make_leader(c)
+    c.step(Message(MT.APPEND_RESPONSE, 2, 1, c.term, index=2))
+    st = c.status()
+    assert (st.id, st.role, st.leader, st.term, st.last_index, st.first_index) == (
+        1,
+        Role.LEADER,
+        1,
+        2,
+        2,
+        1,
+    )
+    assert st.progress[2].match == 2 and st.progress[2].state is ProgressState.REPLICATE
+    assert st.progress[3].state is ProgressState.PROBE
+    c.report_unreachable(2)
+    assert c.status().progress[2].state is ProgressState.PROBE
+    assert core().status().progress == {}
+
+
+def test_committed_entries_handed_out_once_even_if_ready_called_twice() -> None:
+    c = core(terms=(1, 1), term=1)
+    c.step(append(2, 1, 2, 1, commit=2))
+    first = c.ready()
+    second = c.ready()
+    assert [e.index for e in first.committed_entries] == [1, 2]
+    assert second.committed_entries == () and second.messages == ()
+    c.advance(first)
+    c.advance(second)
+    assert c.log.applied == 2 and not c.has_ready()
+
+
+def test_has_ready_false_when_idle() -> None:
+    c = core(terms=(1,), term=1)
+    assert not c.has_ready()
+    c.tick()
+    assert not c.has_ready()
+
+
+def test_soft_state_reported_on_change_only() -> None:
+    c = core(peers=(1,))
+    c.campaign()
+    rd = c.ready()
+    assert rd.soft_state is not None and rd.soft_state.role is Role.LEADER
+    c.log.storage.save(rd.hard_state, rd.entries)  # type: ignore[attr-defined]
+    c.advance(rd)
+    assert c.ready().soft_state is None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from raft.progress import ProgressState
-from raft.types import Message, MessageType
-from tests.raft.core_harness import Network, encode_state
+from raft.types import Message, MessageType, SnapshotMeta
+from tests.raft.core_harness import Network, encode_state, set_log
 
 
 def compact(net: Network, i: int) -> int:
@@ -119,3 +119,54 @@ def test_snapshot_restart_keeps_state() -> None:
     net.tick(n=5)
     assert net.applied[3] == net.applied[1]
     assert net.cores[3].log.first_index() == 32
+
+
+def test_snapshot_matching_our_log_keeps_suffix_but_acks_only_snapshot_index() -> None:
+    """Figure 13 rule 6: if we already hold the snapshot's last entry, keep
+    the entries after it -- but they may conflict, so only ack up to it."""
+    net = Network([1, 2, 3])
+    set_log(net, 3, [1, 1, 1, 2, 2], term=2)
+    follower = net.cores[3]
+    meta = SnapshotMeta(index=3, term=1, peers=frozenset(net.ids))
+    follower.step(
+        Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"[]", offset=0, done=True)
+    )
+    rd = follower.ready()
+    assert rd.snapshot is None  # nothing to install: the log has it
+    (m,) = rd.messages
+    assert (m.type, m.index, m.reject) == (MessageType.APPEND_RESPONSE, 3, False)
+    assert follower.log.committed == 3 and follower.log.last_index() == 5
+
+
+def test_newer_snapshot_replaces_log_and_is_handed_to_driver() -> None:
+    net = Network([1, 2, 3])
+    set_log(net, 3, [1, 1, 2], term=2)
+    follower = net.cores[3]
+    meta = SnapshotMeta(index=10, term=3, peers=frozenset(net.ids))
+    follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ab", offset=0))
+    follower.step(
+        Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"cd", offset=2, done=True)
+    )
+    rd = follower.ready()
+    assert rd.snapshot is not None and rd.snapshot.data == b"abcd"
+    assert [(m.type, m.offset, m.index) for m in rd.messages] == [
+        (MessageType.SNAPSHOT_RESPONSE, 2, 0),
+        (MessageType.APPEND_RESPONSE, 0, 10),
+    ]
+    assert rd.hard_state is not None and rd.hard_state.commit == 10
+    assert rd.committed_entries == ()
+    net.storages[3].save(rd.hard_state, rd.entries, rd.snapshot)
+    follower.advance(rd)
+    assert follower.log.applied == 10 and follower.log.first_index() == 11
+
+
+def test_out_of_order_chunk_asks_for_the_missing_offset() -> None:
+    net = Network([1, 2, 3])
+    follower = net.cores[3]
+    meta = SnapshotMeta(index=10, term=3, peers=frozenset(net.ids))
+    follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ab", offset=0))
+    follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ef", offset=4))
+    other = SnapshotMeta(index=12, term=3, peers=frozenset(net.ids))
+    follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=other, data=b"x", offset=1))
+    offsets = [m.offset for m in follower.ready().messages]
+    assert offsets == [2, 2, 0]

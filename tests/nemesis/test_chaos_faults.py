@@ -1,0 +1,49 @@
+"""``make chaos``: long seeded nemesis runs with every fault kind mixed.
+
+``NEMESIS_CHAOS_RUNS`` runs (default 10) of ``NEMESIS_CHAOS_SECONDS`` each
+(default 60), seeds ``NEMESIS_CHAOS_SEED + k`` (default base 1000). Run k uses
+5 nodes when ``k % 3 == 2`` (else 3), snapshots (``--max-raft-state``) on odd
+k, the fuzzer on even k, and alternates high-contention and many-key
+workloads. A summary (operations, faults per kind, anomalies with their
+replay commands) goes to stdout at the end of the session and to
+``NEMESIS_CHAOS_SUMMARY`` (default ``tests/nemesis/chaos-summary.txt``,
+git-ignored). Each run's directory (node logs, report.txt, history.json)
+is under pytest's tmp dir and named in the summary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.nemesis.scenario import SESSION_RESULTS, ScenarioConfig, run_scenario
+from tests.nemesis.workload import WorkloadSpec
+
+RUNS = int(os.environ.get("NEMESIS_CHAOS_RUNS", "10"))
+SECONDS = float(os.environ.get("NEMESIS_CHAOS_SECONDS", "60"))
+BASE = int(os.environ.get("NEMESIS_CHAOS_SEED", "1000"))
+
+
+def config_for(k: int) -> ScenarioConfig:
+    high_contention = k % 2 == 0
+    spec = (WorkloadSpec(clients=12, clerks=3, mixed_keys=3, append_keys=2)
+            if high_contention else
+            WorkloadSpec(clients=16, clerks=4, mixed_keys=40, append_keys=8))
+    return ScenarioConfig(
+        seed=BASE + k, duration=SECONDS, nodes=5 if k % 3 == 2 else 3, workload=spec,
+        fuzz=k % 2 == 0, max_raft_state=50_000 if k % 2 == 1 else None,
+        name=f"chaos-{k}", check_timeout=120.0,
+    )
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(SECONDS + 400)
+@pytest.mark.parametrize("k", range(RUNS))
+def test_chaos_faults(k: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    config = config_for(k)
+    directory: Path = tmp_path_factory.mktemp(f"nemesis-seed{config.seed}")
+    result = run_scenario(config, directory)
+    SESSION_RESULTS.append(result)
+    assert result.ok, result.report()
