@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # tests/test_generated_code.py checks. `make proto PROTOS=a.proto` for just one.
 PROTOS ?=
 
-.PHONY: all test lint proto demo rpc-demo run bench chaos clean
+.PHONY: all test lint proto demo rpc-demo run bench bench-compare chaos clean
 
 all: $(STAMP)
 
@@ -39,6 +39,14 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/rpc_bench.py
+
+# Ours vs PySyncObj vs etcd 3.4 on 127.0.0.1 (< 10 min; COMPARE_ARGS=--quick: ~2 min).
+# The setup step apt-get installs etcd where it can, else says why and etcd is skipped.
+COMPARE_ARGS ?=
+bench-compare: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[compare]'
+	$(BIN)/python benchmarks/peers/setup.py
+	$(BIN)/python benchmarks/compare.py $(COMPARE_ARGS)
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos -p no:cacheprovider

@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-perf", default=None,
                     help="etcdctl check perf load (s/m/l/xl; default l, none with --quick); "
                          "'none' skips it")
-    ap.add_argument("--out", default=None, help="JSON output (benchmarks/results/compare-<date>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON output (benchmarks/results/compare-<date>.json)")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "bench.png"))
     ap.add_argument("--keep-tmp", action="store_true", help="keep the data dirs and logs")
     args = ap.parse_args(argv)

@@ -752,8 +752,10 @@ class RaftCore:
             )
             return
         recv = self._snap_recv
-        if m.offset == 0:
-            # Figure 13 rule 2: offset 0 starts a new snapshot file.
+        if m.offset == 0 and (recv is None or recv.meta != meta or len(recv.data) == 0):
+            # Figure 13 rule 2: offset 0 starts a new snapshot file. A late
+            # duplicate of the first chunk of the snapshot we are already
+            # receiving does not restart it (it falls to the branch below).
             recv = self._snap_recv = _SnapshotReceive(meta, bytearray(m.data))
         elif recv is None or recv.meta != meta or m.offset != len(recv.data):
             # Missing or mismatched chunk: say which offset we want.
@@ -990,8 +992,12 @@ class RaftCore:
     def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
         if pr.state is not ProgressState.SNAPSHOT or pr.snap is None or m.snapshot != pr.snap.meta:
             return
-        if m.offset > pr.snap_offset or (m.offset == 0 and pr.snap_offset != 0):
-            # Progress (or the follower restarted its buffer): next chunk.
+        if m.offset != pr.snap_offset:
+            # The follower says which byte it needs next, and it is the one
+            # holding the buffer: follow it, forwards or back. (Only ever
+            # moving forward deadlocks when a duplicated first chunk makes the
+            # follower restart its buffer behind our offset.) A stale
+            # duplicate answer costs at most one wasted chunk.
             pr.snap_offset = min(m.offset, len(pr.snap.data))
             self._send_snapshot_chunk(m.src, pr)
         # Otherwise a duplicate answer; the resend timer covers losses.

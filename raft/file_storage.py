@@ -52,8 +52,8 @@ from raft.storage import (
     CompactedError,
     SnapshotOutOfDateError,
     StorageError,
+    StoredLog,
     UnavailableError,
-    limit_size,
 )
 from raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from raft.wal import (
@@ -92,7 +92,7 @@ def _describe(e: OSError) -> str:
     return str(e)  # "[Errno 5] Input/output error: 'path'"
 
 
-class FileStorage:
+class FileStorage(StoredLog):
     """Durable ``Storage`` in directory ``path``; see the module doc.
 
     ``segment_bytes``: WAL segment size bound (a batch may overshoot it).
@@ -110,6 +110,7 @@ class FileStorage:
     ) -> None:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
+        super().__init__()
         self._fs: FileSystem = fs if fs is not None else OsFileSystem()
         self._dir = os.fspath(path)
         self._fsync = fsync
@@ -209,46 +210,11 @@ class FileStorage:
                 store.remove(i, t)
         return snap
 
-    # -- read side (same as MemoryStorage) ---------------------------------
-
-    def initial_state(self) -> tuple[HardState, frozenset[int]]:
-        return self._hard_state, self._snapshot.meta.peers
-
-    @property
-    def hard_state(self) -> HardState:
-        return self._hard_state
+    # -- read side: StoredLog ----------------------------------------------
 
     @property
     def path(self) -> str:
         return self._dir
-
-    def _offset(self) -> int:
-        return self._entries[0].index
-
-    def first_index(self) -> int:
-        return self._offset() + 1
-
-    def last_index(self) -> int:
-        return self._offset() + len(self._entries) - 1
-
-    def term(self, index: int) -> int:
-        offset = self._offset()
-        if index < offset:
-            raise CompactedError(f"index {index} compacted (first is {offset + 1})")
-        if index > self.last_index():
-            raise UnavailableError(f"index {index} beyond last {self.last_index()}")
-        return self._entries[index - offset].term
-
-    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        offset = self._offset()
-        if lo <= offset:
-            raise CompactedError(f"index {lo} compacted (first is {offset + 1})")
-        if hi > self.last_index() + 1:
-            raise UnavailableError(f"index {hi - 1} beyond last {self.last_index()}")
-        return limit_size(self._entries[lo - offset : hi - offset], max_bytes)
-
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
 
     # -- write side --------------------------------------------------------
 

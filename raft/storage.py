@@ -33,6 +33,7 @@ __all__ = [
     "SnapshotOutOfDateError",
     "Storage",
     "StorageError",
+    "StoredLog",
     "UnavailableError",
     "limit_size",
 ]
@@ -135,15 +136,16 @@ def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     return entries
 
 
-class MemoryStorage:
-    """In-memory ``Storage``. "Durable" means "handed to ``save``"."""
+class StoredLog:
+    """The read side over an in-memory copy of the stored log, shared by
+    ``MemoryStorage`` and ``FileStorage`` (which keeps all entries in memory
+    too, so reads never touch the disk). Subclasses keep ``_entries[0]`` as
+    the dummy entry at the snapshot boundary (see module doc)."""
 
     def __init__(self) -> None:
         self._hard_state = HardState()
         self._snapshot = Snapshot()
         self._entries: list[Entry] = [Entry(index=0, term=0)]
-
-    # -- read side ---------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, frozenset[int]]:
         return self._hard_state, self._snapshot.meta.peers
@@ -179,6 +181,10 @@ class MemoryStorage:
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+
+class MemoryStorage(StoredLog):
+    """In-memory ``Storage``. "Durable" means "handed to ``save``"."""
 
     # -- write side --------------------------------------------------------
 
@@ -244,6 +250,8 @@ class MemoryStorage:
             raise UnavailableError(
                 f"cannot compact to {index} past the snapshot at {self._snapshot.meta.index}"
             )
+        if index > self.last_index():
+            raise UnavailableError(f"cannot compact to {index} beyond last {self.last_index()}")
         keep = self._entries[index - offset :]
         self._entries = [Entry(index=keep[0].index, term=keep[0].term), *keep[1:]]
 

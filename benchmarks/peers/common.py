@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,10 +45,8 @@ class Procs:
         targets = list(self.procs if procs is None else procs)
         for p in targets:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + grace
         for p in targets:
             try:

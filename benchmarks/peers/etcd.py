@@ -124,6 +124,7 @@ class EtcdCluster:
 
     def start(self) -> None:
         n = len(self.client_ports)
+        token = f"bench-{time.time_ns()}"
         initial = ",".join(f"m{i}=http://127.0.0.1:{self.peer_ports[i]}" for i in range(n))
         for i in range(n):
             argv = [
@@ -134,7 +135,7 @@ class EtcdCluster:
                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"bench-{time.time_ns()}",
+                "--initial-cluster-token", token,
                 "--logger", "zap", "--log-level", "warn",
             ]
             self.members.append(
@@ -159,7 +160,7 @@ class EtcdCluster:
                     if st.get("leader") and st.get("leader") == st["header"].get("member_id"):
                         await conn.post("/v3/kv/put", {"key": b64("warmup"), "value": b64("x")})
                         return i
-                except (OSError, HttpError, asyncio.TimeoutError, ValueError) as exc:
+                except (TimeoutError, OSError, HttpError, ValueError) as exc:
                     last = repr(exc)
                 finally:
                     conn.close()

@@ -36,7 +36,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import key_of, op_is_put  # noqa: E402
+from common import key_of, op_is_put
 
 
 def run_load(d: ReplDict, req: dict[str, Any]) -> dict[str, Any]:

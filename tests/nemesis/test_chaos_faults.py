@@ -4,8 +4,8 @@
 (default 60), seeds ``NEMESIS_CHAOS_SEED + k`` (default base 1000). Run k uses
 5 nodes when ``k % 3 == 2`` (else 3), snapshots (``--max-raft-state``) on odd
 k, the fuzzer on even k, and alternates high-contention and many-key
-workloads. A summary (operations, faults per kind, anomalies with their
-replay commands) goes to stdout at the end of the session and to
+workloads and clerk timeouts (3 s or 10 s). A summary (operations, faults
+per kind, anomalies with their replay commands) goes to stdout at the end of the session and to
 ``NEMESIS_CHAOS_SUMMARY`` (default ``tests/nemesis/chaos-summary.txt``,
 git-ignored). Each run's directory (node logs, report.txt, history.json)
 is under pytest's tmp dir and named in the summary.
@@ -28,9 +28,13 @@ BASE = int(os.environ.get("NEMESIS_CHAOS_SEED", "1000"))
 
 def config_for(k: int) -> ScenarioConfig:
     high_contention = k % 2 == 0
-    spec = (WorkloadSpec(clients=12, clerks=3, mixed_keys=3, append_keys=2)
+    # Short clerk timeouts on some runs: more unknown-outcome operations.
+    timeout = 3.0 if k % 4 in (1, 2) else 10.0
+    spec = (WorkloadSpec(clients=12, clerks=3, mixed_keys=3, append_keys=2,
+                         clerk_timeout=timeout)
             if high_contention else
-            WorkloadSpec(clients=16, clerks=4, mixed_keys=40, append_keys=8))
+            WorkloadSpec(clients=16, clerks=4, mixed_keys=40, append_keys=8,
+                         clerk_timeout=timeout))
     return ScenarioConfig(
         seed=BASE + k, duration=SECONDS, nodes=5 if k % 3 == 2 else 3, workload=spec,
         fuzz=k % 2 == 0, max_raft_state=50_000 if k % 2 == 1 else None,

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from clerk import AsyncClerk, ClerkTimeout
@@ -100,6 +100,7 @@ class Workload:
             kind, key = self._pick(rng)
             n += 1
             value = None if kind == "get" else f"{kind[0]}{c}.{n};"
+            coro: Awaitable[object]
             if kind == "get":
                 coro = ck.get(key)
             elif kind == "put":
@@ -134,10 +135,10 @@ def check_appends(history: Sequence[Operation], final: dict[str, str],
     """Acknowledged appends present exactly once; unknown ones at most once."""
     problems: list[str] = []
     for key in keys:
-        acked = {op.value for op in history
-                 if op.key == key and op.kind is OpKind.APPEND and not op.unknown}
-        unknown = {op.value for op in history
-                   if op.key == key and op.kind is OpKind.APPEND and op.unknown}
+        appends = [op for op in history
+                   if op.key == key and op.kind is OpKind.APPEND and op.value is not None]
+        acked = {op.value for op in appends if op.value is not None and not op.unknown}
+        unknown = {op.value for op in appends if op.value is not None and op.unknown}
         tokens = Counter(t + ";" for t in final.get(key, "").split(";") if t)
         for v in sorted(acked, key=str):
             if tokens[v] != 1:

@@ -170,3 +170,29 @@ def test_out_of_order_chunk_asks_for_the_missing_offset() -> None:
     follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=other, data=b"x", offset=1))
     offsets = [m.offset for m in follower.ready().messages]
     assert offsets == [2, 2, 0]
+
+
+def test_late_duplicate_first_chunk_does_not_deadlock_the_transfer() -> None:
+    """Regression (found by the simulator): a delayed duplicate of the chunk
+    at offset 0 arriving mid-transfer used to make the follower restart its
+    buffer and ask for an offset behind the leader's, which the leader
+    ignored forever. The follower keeps its buffer, and the leader follows
+    whatever offset the follower asks for."""
+    net = lagging_follower()
+    first: list[Message] = []
+
+    def duplicate_first_chunk_late(m: Message) -> bool:
+        if m.type is MessageType.SNAPSHOT and m.dst == 3:
+            if m.offset == 0 and not first:
+                first.append(m)
+            elif m.offset == 128 and len(first) == 1:
+                first.append(m)
+                net.cores[3].step(first[0])  # the late duplicate overtakes this chunk
+        return False
+
+    net.heal()
+    net.drop = duplicate_first_chunk_late
+    net.tick(n=30)
+    assert len(first) == 2, "the scenario did not happen"
+    assert net.storages[3].snapshot().meta.index == 31
+    assert net.applied[3] == net.applied[1]
