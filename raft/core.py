@@ -86,9 +86,12 @@ class Config:
     #: Voters, this node included. A set, not a constant: membership changes later.
     peers: frozenset[int]
     #: Injected randomness; the election timeout is drawn from
-    #: ``[election_tick, 2 * election_tick)`` (paper 5.2).
+    #: ``[election_tick, election_tick + election_jitter)`` (paper 5.2).
     rng: Random
     election_tick: int = 10
+    #: Width of the random range; None means ``election_tick`` (etcd's
+    #: ``[election_tick, 2 * election_tick)``).
+    election_jitter: int | None = None
     heartbeat_tick: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
@@ -105,6 +108,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.election_jitter is not None and self.election_jitter <= 0:
+            raise ValueError("election_jitter must be positive")
         if self.max_inflight_msgs <= 0 or self.snapshot_chunk_size <= 0:
             raise ValueError("max_inflight_msgs and snapshot_chunk_size must be positive")
 
@@ -481,9 +486,8 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         # Paper 5.2: randomized timeouts make split votes rare.
-        self._randomized_election_timeout = self._cfg.election_tick + self._rng.randrange(
-            self._cfg.election_tick
-        )
+        jitter = self._cfg.election_jitter or self._cfg.election_tick
+        self._randomized_election_timeout = self._cfg.election_tick + self._rng.randrange(jitter)
         self._lead_transferee = NONE
         self._votes = {}
         self._read_only.reset()

@@ -103,11 +103,12 @@ class LeadershipLost(Exception):
 class NodeConfig:
     id: int
     peers: frozenset[int]
-    #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms, election
-    #: timeout randomized from 300 ms (12 ticks) up to twice that.
+    #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms (1 tick),
+    #: election timeout randomized in 300-475 ms (12 + 0..7 ticks).
     tick_interval: float = 0.025
     heartbeat_tick: int = 1
     election_tick: int = 12
+    election_jitter: int | None = 8
     pre_vote: bool = True
     check_quorum: bool = True
     #: Take a snapshot once the log holds more than this many bytes of
@@ -197,6 +198,7 @@ class RaftNode:
                 peers=config.peers,
                 rng=Random(config.seed),
                 election_tick=config.election_tick,
+                election_jitter=config.election_jitter,
                 heartbeat_tick=config.heartbeat_tick,
                 pre_vote=config.pre_vote,
                 check_quorum=config.check_quorum,
