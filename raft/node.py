@@ -166,7 +166,9 @@ class _Proposal:
 @dataclass(slots=True)
 class _Reads:
     # context -> future waiting for its ReadState
-    by_context: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
+    by_context: dict[bytes, list[asyncio.Future[int]]] = field(default_factory=dict)
+    # reads not yet handed to the core: they will share one quorum round
+    batch: list[asyncio.Future[int]] = field(default_factory=list)
     # (read index, future) released once applied >= read index
     waiting_apply: deque[tuple[int, asyncio.Future[int]]] = field(default_factory=deque)
 
@@ -326,13 +328,30 @@ class RaftNode:
         ``NotLeader`` or ``NodeStopped``; a caller should bound it with a
         timeout (a partitioned leader never gets its quorum round)."""
         self._check_running()
-        self._read_counter += 1
-        context = struct.pack(">Q", self._read_counter)
-        self._core.read_index(context)
+        if self._core.role is not Role.LEADER:
+            raise NotLeader(self._core.leader)
+        # Reads arriving together share one heartbeat round (etcd batches
+        # them the same way): the round confirms leadership as of its start,
+        # which is after every one of these reads began.
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads.by_context[context] = future
+        self._reads.batch.append(future)
         self._schedule_drain()
         return await future
+
+    def _start_read_round(self) -> None:
+        batch = [f for f in self._reads.batch if not f.done()]
+        self._reads.batch = []
+        if not batch:
+            return
+        self._read_counter += 1
+        context = struct.pack(">Q", self._read_counter)
+        try:
+            self._core.read_index(context)
+        except NotLeader as exc:
+            for f in batch:
+                f.set_exception(NotLeader(exc.leader))
+            return
+        self._reads.by_context[context] = batch
 
     def transfer_leader(self, to: int) -> None:
         self._check_running()
@@ -407,6 +426,7 @@ class RaftNode:
             await self._wake.wait()
             self._wake.clear()
             try:
+                self._start_read_round()
                 while self._core.has_ready() and not self._stopped:
                     await self._handle_ready(self._core.ready())
                 self._maybe_snapshot()
@@ -471,9 +491,9 @@ class RaftNode:
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
-            future = self._reads.by_context.pop(rs.context, None)
-            if future is not None and not future.done():
-                self._reads.waiting_apply.append((rs.index, future))
+            for future in self._reads.by_context.pop(rs.context, ()):
+                if not future.done():
+                    self._reads.waiting_apply.append((rs.index, future))
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
@@ -550,22 +570,26 @@ class RaftNode:
                     LeadershipLost(f"node {self.id} lost leadership; outcome unknown")
                 )
         self._proposals.clear()
-        for future in self._reads.by_context.values():
-            if not future.done():
-                future.set_exception(NotLeader(leader))
-        self._reads.by_context.clear()
+        for future in self._unconfirmed_reads():
+            future.set_exception(NotLeader(leader))
         # Reads already confirmed by a quorum stay valid: their index was
         # current when confirmed, and serving them after applying is safe.
+
+    def _unconfirmed_reads(self) -> list[asyncio.Future[int]]:
+        """Take every read whose quorum round has not completed."""
+        futures = [f for batch in self._reads.by_context.values() for f in batch]
+        futures += self._reads.batch
+        self._reads.by_context.clear()
+        self._reads.batch = []
+        return [f for f in futures if not f.done()]
 
     def _fail_pending(self, exc: Exception) -> None:
         for proposal in self._proposals.values():
             if not proposal.future.done():
                 proposal.future.set_exception(exc)
         self._proposals.clear()
-        for future in self._reads.by_context.values():
-            if not future.done():
-                future.set_exception(exc)
-        self._reads.by_context.clear()
+        for future in self._unconfirmed_reads():
+            future.set_exception(exc)
         for _, future in self._reads.waiting_apply:
             if not future.done():
                 future.set_exception(exc)
