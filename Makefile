@@ -39,6 +39,9 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/rpc_bench.py
+	$(BIN)/python benchmarks/core_bench.py
+	$(BIN)/python benchmarks/wal_bench.py
+	$(BIN)/python benchmarks/raft_bench.py
 
 # Ours vs PySyncObj vs etcd 3.4 on 127.0.0.1 (< 10 min; COMPARE_ARGS=--quick: ~2 min).
 # The setup step apt-get installs etcd where it can, else says why and etcd is skipped.

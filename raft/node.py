@@ -63,7 +63,9 @@ log = logging.getLogger("raft.node")
 # ends with an APPEND_RESPONSE once the snapshot is installed.
 _RESPONSES: dict[MessageType, frozenset[MessageType]] = {
     MessageType.APPEND: frozenset({MessageType.APPEND_RESPONSE}),
-    MessageType.HEARTBEAT: frozenset({MessageType.HEARTBEAT_RESPONSE}),
+    # A stale leader's heartbeat is answered with an APPEND_RESPONSE carrying
+    # the newer term, so that it steps down (etcd does the same).
+    MessageType.HEARTBEAT: frozenset({MessageType.HEARTBEAT_RESPONSE, MessageType.APPEND_RESPONSE}),
     MessageType.VOTE: frozenset({MessageType.VOTE_RESPONSE}),
     MessageType.PRE_VOTE: frozenset({MessageType.PRE_VOTE_RESPONSE}),
     MessageType.SNAPSHOT: frozenset({MessageType.SNAPSHOT_RESPONSE, MessageType.APPEND_RESPONSE}),
@@ -232,7 +234,8 @@ class RaftNode:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
+        self._stopped = False  # no more input is taken
+        self._closed = False  # stop() has run
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self.metrics = NodeMetrics()
@@ -256,9 +259,11 @@ class RaftNode:
         self._schedule_drain()
 
     async def stop(self) -> None:
-        """Stop ticking, fail everything pending, close the transport and storage."""
-        if self._stopped:
+        """Stop ticking, fail everything pending, close the transport and
+        storage. Also needed after the node stopped itself on a failure."""
+        if self._closed:
             return
+        self._closed = True
         self._stopped = True
         if self._ticker is not None:
             self._ticker.cancel()
