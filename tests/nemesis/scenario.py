@@ -89,6 +89,12 @@ class RunResult:
         c = self.config
         args = (f"--seed {c.seed} --duration {c.duration:g} --nodes {c.nodes} "
                 f"--faults {','.join(c.faults) or 'none'}")
+        w = c.workload
+        args += (f" --clients {w.clients} --clerks {w.clerks} --mixed-keys {w.mixed_keys}"
+                 f" --append-keys {w.append_keys} --clerk-timeout {w.clerk_timeout:g}")
+        if c.hold != (1.0, 3.0) or c.quiet != (0.5, 2.0):
+            args += (f" --hold {c.hold[0]:g},{c.hold[1]:g}"
+                     f" --quiet {c.quiet[0]:g},{c.quiet[1]:g}")
         if c.fuzz:
             args += " --fuzz"
         if c.max_raft_state:
@@ -261,11 +267,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated, or 'none' (known: {','.join(FAULT_KINDS)})")
     p.add_argument("--fuzz", action="store_true")
     p.add_argument("--max-raft-state", type=int, default=None)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--clerks", type=int, default=2)
+    p.add_argument("--mixed-keys", type=int, default=3)
+    p.add_argument("--append-keys", type=int, default=2)
+    p.add_argument("--clerk-timeout", type=float, default=10.0)
+    p.add_argument("--hold", default="1,3", help="min,max seconds a fault lasts")
+    p.add_argument("--quiet", default="0.5,2", help="min,max seconds between faults")
     p.add_argument("--dir", default=None, help="run directory (default: a new temp dir)")
     args = p.parse_args(argv)
     faults = [] if args.faults == "none" else args.faults.split(",")
-    config = ScenarioConfig(args.seed, args.duration, faults, args.nodes, fuzz=args.fuzz,
-                            max_raft_state=args.max_raft_state, name="replay")
+    spec = WorkloadSpec(clients=args.clients, clerks=args.clerks, mixed_keys=args.mixed_keys,
+                        append_keys=args.append_keys, clerk_timeout=args.clerk_timeout)
+    hold = tuple(float(x) for x in args.hold.split(","))
+    quiet = tuple(float(x) for x in args.quiet.split(","))
+    if len(hold) != 2 or len(quiet) != 2:
+        p.error("--hold and --quiet take two numbers: min,max")
+    config = ScenarioConfig(args.seed, args.duration, faults, args.nodes, spec,
+                            hold=(hold[0], hold[1]), quiet=(quiet[0], quiet[1]),
+                            fuzz=args.fuzz, max_raft_state=args.max_raft_state,
+                            name="replay")
     if args.dir is None:
         import tempfile
 
