@@ -62,7 +62,9 @@ class AsyncClerk:
         self._stubs: list[Any] = [Stub(ch, _SERVICE) for ch in self._channels]
         self._leader = 0
         self._next_seq = 1
-        self._unacked: set[int] = set()
+        # Seqs whose reply we have not seen; a dict keeps insertion order and
+        # seqs are inserted increasing, so the first key is the lowest.
+        self._unacked: dict[int, None] = {}
 
     @classmethod
     def from_config(cls, path: str | Path, **kwargs: Any) -> AsyncClerk:
@@ -102,7 +104,7 @@ class AsyncClerk:
     async def _write(self, op: int, key: str, value: str) -> None:
         seq = self._next_seq
         self._next_seq += 1
-        self._unacked.add(seq)
+        self._unacked[seq] = None
         try:
             request = kv_pb2.PutAppendRequest(
                 key=key, value=value, op=op, client_id=self.client_id, seq=seq  # type: ignore[arg-type]
@@ -111,7 +113,7 @@ class AsyncClerk:
         finally:
             # Whatever happened, we will not retry this seq: the server may
             # forget it (a timed-out write stays "may have happened").
-            self._unacked.discard(seq)
+            self._unacked.pop(seq, None)
 
     async def _until_done(self, method: str, request: Any, seq_request: bool = False) -> Any:
         loop = asyncio.get_running_loop()
@@ -123,7 +125,7 @@ class AsyncClerk:
             if remaining <= 0:
                 raise ClerkTimeout(f"{method} timed out after {self.timeout:g} s ({last_problem})")
             if seq_request:
-                request.ack_seq = min(self._unacked, default=self._next_seq)
+                request.ack_seq = next(iter(self._unacked), self._next_seq)
             server = self._leader
             try:
                 reply = await getattr(self._stubs[server], method)(
