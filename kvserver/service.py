@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, TypeVar
 
 from kvserver import kv_pb2
 from kvserver.state_machine import KvStateMachine, encode_command
@@ -25,6 +26,14 @@ __all__ = ["KV_SERVICE", "KvService"]
 log = logging.getLogger("kvserver.service")
 
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
+
+
+T = TypeVar("T")
+
+
+def _fail_with_timeout(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class KvService:
@@ -42,6 +51,20 @@ class KvService:
         self.request_timeout = request_timeout
         self.shutting_down = False
 
+    async def _bounded(self, future: asyncio.Future[T]) -> T:
+        """Await ``future`` for at most ``request_timeout`` (TimeoutError).
+
+        A timer that fails the future, rather than ``asyncio.wait_for`` (a
+        Task per request) or ``asyncio.timeout`` (needs a Task, and the
+        provider runs handlers eagerly, outside one): this is the hot path."""
+        timer = asyncio.get_running_loop().call_later(
+            self.request_timeout, _fail_with_timeout, future
+        )
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
     def _leader_hint(self) -> int:
         leader = self._node.leader
         return leader if leader != NONE else -1
@@ -52,9 +75,7 @@ class KvService:
         if not self._node.is_leader:
             return kv_pb2.GetReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         try:
-            # asyncio.timeout, not wait_for: no extra Task per request.
-            async with asyncio.timeout(self.request_timeout):
-                await self._node.read_index()
+            await self._bounded(self._node.read_index_future())
         except (NotLeader, ProposalDropped):
             return kv_pb2.GetReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         except TimeoutError:
@@ -83,8 +104,7 @@ class KvService:
             stamp_ms=int(time.time() * 1000),
         )
         try:
-            async with asyncio.timeout(self.request_timeout):
-                await self._node.propose(encode_command(command))
+            await self._bounded(self._node.propose_future(encode_command(command)))
         except (NotLeader, ProposalDropped, LeadershipLost):
             return kv_pb2.PutAppendReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         except TimeoutError:

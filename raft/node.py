@@ -320,18 +320,29 @@ class RaftNode:
         """Replicate ``data``; returns (index, state machine result) once the
         entry is committed and applied here. Raises ``NotLeader`` (with a
         hint), ``ProposalDropped``, ``LeadershipLost`` or ``NodeStopped``."""
+        return await self.propose_future(data)
+
+    def propose_future(self, data: bytes) -> asyncio.Future[tuple[int, Any]]:
+        """``propose`` as a plain future (no coroutine, no Task): what a hot
+        path awaits. ``NotLeader``/``ProposalDropped`` raise at once. A caller
+        may resolve the future itself (e.g. with a timeout); the node then
+        ignores it."""
         self._check_running()
         index = self._core.propose(data)
         future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._proposals[index] = _Proposal(self._core.term, future)
         self._schedule_drain()
-        return await future
+        return future
 
     async def read_index(self) -> int:
         """Wait until a linearizable read may be served from the local state
         machine (ReadIndex, dissertation 6.4); returns the read index. Raises
         ``NotLeader`` or ``NodeStopped``; a caller should bound it with a
         timeout (a partitioned leader never gets its quorum round)."""
+        return await self.read_index_future()
+
+    def read_index_future(self) -> asyncio.Future[int]:
+        """``read_index`` as a plain future; see ``propose_future``."""
         self._check_running()
         if self._core.role is not Role.LEADER:
             raise NotLeader(self._core.leader)
@@ -341,7 +352,7 @@ class RaftNode:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads.batch.append(future)
         self._schedule_drain()
-        return await future
+        return future
 
     def _start_read_round(self) -> None:
         batch = [f for f in self._reads.batch if not f.done()]
