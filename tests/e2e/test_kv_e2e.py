@@ -230,3 +230,42 @@ def test_port_in_use_and_bad_data_dir_exit_2(tmp_path: Path) -> None:
                      "--data-dir", str(not_a_dir))
     assert result.returncode == 2
     assert str(not_a_dir) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_raft_core_run_supervises_reports_deaths_and_leaves_no_orphans(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "run.conf"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "kvserver.launcher", "-n", "3", "-f", str(conf),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert launcher.stdout is not None
+    pids: dict[int, int] = {}
+    try:
+        for _ in range(4):
+            line = launcher.stdout.readline()
+            if line.startswith("node "):
+                parts = line.split()
+                pids[int(parts[1].rstrip(":"))] = int(parts[parts.index("pid") + 1])
+                assert str(tmp_path / "data" / f"node{parts[1].rstrip(':')}.log") in line
+        assert sorted(pids) == [0, 1, 2]
+        assert conf.read_text().count("port=") == 3
+        with Clerk.from_config(conf, timeout=20.0) as ck:
+            ck.put("a", "b")
+        os.kill(pids[1], signal.SIGKILL)
+        line = launcher.stdout.readline()
+        assert line.startswith(f"node 1 (pid {pids[1]}) exited with code -9"), line
+        launcher.send_signal(signal.SIGTERM)
+        rest = launcher.communicate(timeout=30)[0]
+        assert "cluster stopped" in rest
+        assert launcher.returncode == 1  # a node died while it ran: reported, not hidden
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

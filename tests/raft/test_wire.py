@@ -1,0 +1,104 @@
+"""The wire edge: dataclass <-> raft.proto conversion, and the raftRpc
+service's refusal of messages that do not belong on a method."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from raft import raft_pb2
+from raft.transport import RAFT_SERVICE, RaftService
+from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
+from raft.wire import RPC_METHOD, message_from_pb, message_to_pb
+from rpc import RpcChannel, RpcError, RpcProvider, Status
+
+entries = st.lists(
+    st.builds(Entry, index=st.integers(1, 2**40), term=st.integers(0, 2**40),
+              data=st.binary(max_size=40), type=st.sampled_from(EntryType)),
+    max_size=5,
+).map(tuple)
+
+messages = st.builds(
+    Message,
+    type=st.sampled_from(MessageType),
+    src=st.integers(0, 100),
+    dst=st.integers(0, 100),
+    term=st.integers(0, 2**40),
+    log_term=st.integers(0, 2**40),
+    index=st.integers(0, 2**40),
+    entries=entries,
+    commit=st.integers(0, 2**40),
+    reject=st.booleans(),
+    reject_hint=st.integers(0, 2**40),
+    reject_term=st.integers(0, 2**40),
+    context=st.binary(max_size=16),
+    snapshot=st.none() | st.builds(SnapshotMeta, index=st.integers(0, 2**40),
+                                   term=st.integers(0, 2**40),
+                                   peers=st.frozensets(st.integers(0, 50), max_size=7)),
+    data=st.binary(max_size=64),
+    offset=st.integers(0, 2**40),
+    done=st.booleans(),
+)
+
+
+@given(messages)
+def test_round_trip_is_exact(msg: Message) -> None:
+    wire = message_to_pb(msg).SerializeToString()
+    assert message_from_pb(raft_pb2.RaftMessage.FromString(wire)) == msg
+
+
+def test_unknown_types_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="unknown message type 99"):
+        message_from_pb(raft_pb2.RaftMessage(type=99))
+    bad_entry = raft_pb2.RaftMessage(type=MessageType.APPEND)
+    bad_entry.entries.add(index=1, term=1, type=7)
+    with pytest.raises(ValueError, match="unknown entry type 7"):
+        message_from_pb(bad_entry)
+
+
+def test_every_request_type_has_a_method() -> None:
+    requests = {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.VOTE,
+                MessageType.PRE_VOTE, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW}
+    assert set(RPC_METHOD) == requests
+    assert set(RPC_METHOD.values()) == {m.name for m in RAFT_SERVICE.methods}
+
+
+def test_service_refuses_misrouted_or_foreign_messages() -> None:
+    seen: list[Message] = []
+
+    async def handler(msg: Message) -> Message | None:
+        seen.append(msg)
+        return Message(MessageType.VOTE_RESPONSE, src=0, dst=msg.src, term=msg.term)
+
+    async def scenario() -> None:
+        provider = RpcProvider("127.0.0.1", 0)
+        provider.register(RAFT_SERVICE, RaftService(0, handler))
+        await provider.start()
+        try:
+            async with RpcChannel("127.0.0.1", provider.port) as ch:
+                async def call(method: str, msg: Message) -> raft_pb2.RaftReply:
+                    return await ch.call(RAFT_SERVICE.full_name, method, message_to_pb(msg),
+                                         raft_pb2.RaftReply, timeout=5)
+
+                vote = Message(MessageType.VOTE, src=1, dst=0, term=3)
+                reply = await call("RequestVote", vote)
+                assert [m.type for m in reply.messages] == [MessageType.VOTE_RESPONSE]
+                for method, msg in [("AppendEntries", vote),  # wrong method for the type
+                                    ("RequestVote", Message(MessageType.VOTE, 1, 2, 3)),  # not us
+                                    ("RequestVote", Message(MessageType.VOTE_RESPONSE, 1, 0))]:
+                    with pytest.raises(RpcError) as info:
+                        await call(method, msg)
+                    assert info.value.status is Status.BAD_REQUEST
+                bad = raft_pb2.RaftMessage(type=42, src=1, dst=0)
+                with pytest.raises(RpcError) as info:
+                    await ch.call(RAFT_SERVICE.full_name, "RequestVote", bad, raft_pb2.RaftReply,
+                                  timeout=5)
+                assert info.value.status is Status.BAD_REQUEST
+        finally:
+            await provider.close()
+        assert seen == [vote]
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
