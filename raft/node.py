@@ -113,6 +113,10 @@ class NodeConfig:
     election_jitter: int | None = 8
     pre_vote: bool = True
     check_quorum: bool = True
+    #: See raft.core.Config.broadcast_commit: off, followers learn the commit
+    #: index with the next append or heartbeat (<= 25 ms later), which halves
+    #: the messages of sequential writes.
+    broadcast_commit: bool = False
     #: Take a snapshot once the log holds more than this many bytes of
     #: entries since the last one (the seed's maxraftstate); None: never.
     max_raft_state: int | None = None
@@ -206,6 +210,7 @@ class RaftNode:
                 heartbeat_tick=config.heartbeat_tick,
                 pre_vote=config.pre_vote,
                 check_quorum=config.check_quorum,
+                broadcast_commit=config.broadcast_commit,
                 max_size_per_msg=config.max_size_per_msg,
                 max_inflight_msgs=config.max_inflight_msgs,
                 applied=applied,

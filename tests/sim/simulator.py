@@ -426,6 +426,9 @@ class Simulator:
             max_inflight_msgs=p.max_inflight_msgs,
             max_inflight_bytes=p.max_inflight_bytes,
             snapshot_chunk_size=p.snapshot_chunk_size,
+            # Both ways of telling followers the commit index: eagerly (odd
+            # seeds) or with the next append/heartbeat, as RaftNode does.
+            broadcast_commit=self.seed % 2 == 1,
             applied=applied,
         )
 
