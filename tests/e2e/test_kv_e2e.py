@@ -269,3 +269,30 @@ def test_raft_core_run_supervises_reports_deaths_and_leaves_no_orphans(tmp_path:
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_sigterm_and_sigint_stop_a_node_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from kvserver.launcher import free_ports
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        conf = tmp_path / "one.conf"
+        conf.write_text(f"node0ip=127.0.0.1\nnode0port={free_ports(1)[0]}\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvserver.main", "--id", "0", "-f", str(conf),
+             "--data-dir", str(tmp_path / f"d{sig}")],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            with Clerk.from_config(conf, timeout=20.0) as ck:  # a 1-node cluster serves
+                ck.put("k", "v")
+                assert ck.get("k") == "v"
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert "shut down cleanly" in err and "Traceback" not in err

@@ -72,11 +72,20 @@ class LocalCluster:
         self.members = {i: Member(i, tmp / f"node{i}") for i in self.ids}
         self.options: dict[str, Any] = {"tick_interval": 0.01, "election_tick": 10}
         self.options.update(node_options)
+        #: (from, to) -> address node ``from`` dials for ``to`` (e.g. a proxy);
+        #: set before start().
+        self.routes: dict[tuple[int, int], tuple[str, int]] = {}
 
     async def start(self) -> None:
-        # Bind every provider first so each transport knows every port.
+        await self.listen()
+        await self.start_nodes()
+
+    async def listen(self) -> None:
+        """Bind every provider first so each transport knows every port."""
         for m in self.members.values():
             await self._listen(m)
+
+    async def start_nodes(self) -> None:
         for m in self.members.values():
             await self._start_node(m)
 
@@ -97,7 +106,8 @@ class LocalCluster:
         assert m.node is not None
         transport = RpcTransport(
             m.id,
-            {o.id: ("127.0.0.1", o.port) for o in self.members.values()},
+            {o.id: self.routes.get((m.id, o.id), ("127.0.0.1", o.port))
+             for o in self.members.values()},
             deliver=m.node.step,
             unreachable=m.node.report_unreachable,
             timeout=1.0,

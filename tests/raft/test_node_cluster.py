@@ -210,3 +210,45 @@ def test_leadership_transfer(tmp_path: Path) -> None:
             await cluster.stop()
 
     run(scenario)
+
+
+def test_slow_follower_does_not_slow_commits(tmp_path: Path) -> None:
+    """Every link into node 2 goes through a proxy; once a leader other than
+    2 is chosen, its link to 2 gets 0.5 s of latency. Commits need only the
+    other follower, so they stay fast (a blocking transport would make each
+    one wait for the slow peer)."""
+    from tests.nemesis.proxy import LinkProxy
+
+    async def scenario() -> None:
+        cluster = LocalCluster(tmp_path, 3)
+        await cluster.listen()
+        proxies = {}
+        for src in (0, 1):
+            proxy = LinkProxy(("127.0.0.1", cluster.members[2].port))
+            await proxy.start()
+            proxies[src] = proxy
+            cluster.routes[(src, 2)] = ("127.0.0.1", proxy.port)
+        await cluster.start_nodes()
+        try:
+            await cluster.propose(b"warm")
+            leader = await cluster.wait_leader()
+            if leader == 2:
+                cluster.node(2).transfer_leader(0)
+                await cluster.wait_for(lambda: cluster.node(0).is_leader, what="transfer")
+                leader = 0
+            proxies[leader].set_delay(0.5)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(50):
+                await cluster.node(leader).propose(b"s%d" % i)
+            elapsed = loop.time() - start
+            assert elapsed < 10, f"50 sequential commits took {elapsed:.1f} s"
+            # The slow follower still gets everything, just later.
+            await cluster.wait_for(lambda: b"s49" in cluster.members[2].fsm.values,
+                                   timeout=30, what="slow follower to catch up")
+        finally:
+            await cluster.stop()
+            for proxy in proxies.values():
+                await proxy.close()
+
+    run(scenario)
