@@ -35,11 +35,6 @@ PLAN: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 CHUNK = 20
 
-#: (profile, seed) -> reason: seeds that fail because of a diagnosed bug in
-#: the core (see the issue note). Each is an xfail(strict=True) case below,
-#: so fixing the core turns them into XPASS failures: delete them then.
-KNOWN_CORE_BUGS: dict[tuple[str, int], str] = {}
-
 
 def _profile(name: str) -> FaultProfile:
     return replace(PROFILES[name], ticks=TICKS)
@@ -64,8 +59,6 @@ def test_no_violations(profile: str, lo: int, hi: int) -> None:
     total: Counter[str] = Counter()
     failures: list[SimResult] = []
     for seed in range(lo, hi):
-        if (profile, seed) in KNOWN_CORE_BUGS:
-            continue
         r = _run(profile, seed)
         total.update(r.stats)
         if not r.ok:
@@ -75,26 +68,6 @@ def test_no_violations(profile: str, lo: int, hi: int) -> None:
     )
     for stat in PLAN[profile][1]:
         assert total[stat] > 0, f"{profile} seeds {lo}..{hi - 1} never exercised {stat}"
-
-
-class KnownLivenessBug(Exception):
-    """The diagnosed core bug showed up (expected until it is fixed)."""
-
-
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=KnownLivenessBug, reason=reason)
-
-
-@pytest.mark.parametrize(
-    ("profile", "seed"),
-    [pytest.param(p, s, marks=_xfail(why)) for (p, s), why in sorted(KNOWN_CORE_BUGS.items())],
-)
-def test_known_core_bug(profile: str, seed: int) -> None:
-    r = _run(profile, seed)
-    if r.invariant is not None and r.invariant.startswith("liveness"):
-        raise KnownLivenessBug(r.detail)
-    # A safety violation (or a pass) is not the known bug: fail for real.
-    assert r.ok, r.report
 
 
 def test_replay_is_deterministic() -> None:
