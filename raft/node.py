@@ -221,8 +221,9 @@ class RaftNode:
         # state" that --max-raft-state bounds.
         self._log_sizes: deque[tuple[int, int]] = deque()
         self._log_bytes = 0
+        self._track_sizes = config.max_raft_state is not None
         last = storage.last_index()
-        if last > self._snapshot_index:
+        if self._track_sizes and last > self._snapshot_index:
             for e in storage.entries(max(storage.first_index(), self._snapshot_index + 1),
                                      last + 1):
                 self._track_entry(e)
@@ -492,10 +493,11 @@ class RaftNode:
                 self._dispatch(msg)
         # 1. Persist: everything below may depend on it.
         if hs is not None or rd.entries or rd.snapshot is not None:
-            if rd.snapshot is not None and not rd.snapshot.empty:
-                self._forget_sizes_through(rd.snapshot.meta.index)
-            for e in rd.entries:
-                self._track_entry(e)
+            if self._track_sizes:
+                if rd.snapshot is not None and not rd.snapshot.empty:
+                    self._forget_sizes_through(rd.snapshot.meta.index)
+                for e in rd.entries:
+                    self._track_entry(e)
             if self._storage.save(hs, rd.entries, rd.snapshot, sync=False):
                 await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
                 self.metrics.saves += 1
