@@ -3,8 +3,9 @@
 Sending: each request message becomes a call of the raftRpc method named for
 its type on the channel to its destination; the reply (the peer's response,
 sent after the peer persisted what it depends on) is stepped into our node.
-Each peer has its own multiplexed channel and every call is its own task, so
-a dead or slow peer only fails its own calls (the channel fails fast while it
+Each peer has its own multiplexed channel and every call is independent (a
+callback on the reply, or a Task while connecting), so a dead or slow peer
+only fails its own calls (the channel fails fast while it
 backs off reconnecting) and never blocks the others. A failed call tells the
 core the peer is unreachable, which sends it back to probing.
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+
+from google.protobuf.message import DecodeError
 
 from raft import raft_pb2
 from raft.types import Message, MessageType
@@ -107,28 +110,56 @@ class RpcTransport:
         if channel is None:
             log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
             return
-        task = asyncio.get_running_loop().create_task(self._call(channel, msg))
+        method = RPC_METHOD[msg.type]
+        # Fast path, connected: no coroutine, no Task, the reply handled in a
+        # callback. Otherwise a Task that connects first.
+        future = channel.start_call(_SERVICE_NAME, method, message_to_pb(msg),
+                                    timeout=self._timeout)
+        if future is not None:
+            future.add_done_callback(lambda f: self._on_reply(msg, f))
+            return
+        task = asyncio.get_running_loop().create_task(self._call(channel, method, msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, channel: RpcChannel, msg: Message) -> None:
+    async def _call(self, channel: RpcChannel, method: str, msg: Message) -> None:
         try:
             reply = await channel.call(
-                _SERVICE_NAME,
-                RPC_METHOD[msg.type],
-                message_to_pb(msg),
-                raft_pb2.RaftReply,
+                _SERVICE_NAME, method, message_to_pb(msg), raft_pb2.RaftReply,
                 timeout=self._timeout,
             )
         except RpcError as exc:
-            if msg.dst not in self._down:
-                self._down.add(msg.dst)
-                log.info("node %d: peer %d unreachable: %s", self._id, msg.dst, exc)
-            if self._unreachable is not None and not self._closed:
-                self._unreachable(msg.dst)
+            self._failed(msg, exc)
             return
         except asyncio.CancelledError:
             return
+        self._delivered(msg, reply)
+
+    def _on_reply(self, msg: Message, future: asyncio.Future[bytes]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, RpcError):
+                self._failed(msg, exc)
+            else:
+                log.error("node %d: send to %d failed: %r", self._id, msg.dst, exc)
+            return
+        try:
+            reply = raft_pb2.RaftReply.FromString(future.result())
+        except DecodeError as exc:
+            log.warning("node %d: undecodable reply from peer %d: %s", self._id, msg.dst, exc)
+            return
+        self._delivered(msg, reply)
+
+    def _failed(self, msg: Message, exc: RpcError) -> None:
+        if msg.dst not in self._down:
+            self._down.add(msg.dst)
+            log.info("node %d: peer %d unreachable: %s", self._id, msg.dst, exc)
+        if self._unreachable is not None and not self._closed:
+            self._unreachable(msg.dst)
+
+    def _delivered(self, msg: Message, reply: raft_pb2.RaftReply) -> None:
         if msg.dst in self._down:
             self._down.discard(msg.dst)
             log.info("node %d: peer %d reachable again", self._id, msg.dst)

@@ -121,10 +121,7 @@ class RpcChannel:
         timeout: float | None = None,
     ) -> M:
         """Call `service`/`method` (full service name, method name) and parse the reply."""
-        key = (service, method)
-        tail = self._tails.get(key)
-        if tail is None:
-            tail = self._tails[key] = request_header_tail(service, method)
+        tail = self._tail(service, method)
         body = await self._call(tail, request.SerializeToString(), timeout)
         try:
             return response_type.FromString(body)
@@ -133,18 +130,31 @@ class RpcChannel:
                 Status.HANDLER_ERROR, f"undecodable {response_type.__name__} response: {exc}"
             ) from None
 
-    async def _call(self, tail: bytes, body: bytes, timeout: float | None) -> bytes:
-        """Send one request (header tail precomputed per method); the reply body."""
-        loop = self._loop
+    def _tail(self, service: str, method: str) -> bytes:
+        key = (service, method)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = request_header_tail(service, method)
+        return tail
+
+    def start_call(
+        self, service: str, method: str, request: Message, *, timeout: float | None = None
+    ) -> asyncio.Future[bytes] | None:
+        """Send a request now and return the future of its raw reply body,
+        without a coroutine or Task: for callers that send many small calls
+        and handle replies in callbacks (the Raft transport). Returns None
+        when the connection is not up (or is paused for back-pressure): use
+        ``call()``, which connects and waits. The future fails with
+        ``RpcError`` as ``call()`` would; parse the body with
+        ``ResponseType.FromString``."""
         conn = self._conn
-        if conn is None or loop is None:
-            conn, timeout = await self._connect_for_call(timeout)
-            loop = self._loop
-            assert loop is not None
-        if conn.paused:
-            await conn.wait_writable()
-        if conn.lost:
-            raise RpcError(Status.UNAVAILABLE, f"{self.host}:{self.port}: connection lost")
+        if conn is None or conn.paused or conn.lost or self._closed:
+            return None
+        return self._send(conn, self._tail(service, method), request.SerializeToString(), timeout)
+
+    def _send(
+        self, conn: _ClientConnection, tail: bytes, body: bytes, timeout: float | None
+    ) -> asyncio.Future[bytes]:
         call_id = self._next_id
         self._next_id = call_id + 1
         if timeout is None:
@@ -153,17 +163,25 @@ class RpcChannel:
             timeout_ms = min(max(math.ceil(timeout * 1000.0), 1), _MAX_TIMEOUT_MS)
         # Raises LocalProtocolError if the request is above the frame limit.
         frame = encode_request(call_id, tail, timeout_ms, body, self.max_frame_size)
-        fut: asyncio.Future[bytes] = loop.create_future()
-        pending = conn.pending
-        pending[call_id] = fut
+        fut: asyncio.Future[bytes] = conn.loop.create_future()
+        conn.pending[call_id] = fut
         conn.send(frame)
         if timeout is not None:
             conn.deadlines.add(timeout, (call_id, timeout))
-        try:
-            return await fut
-        finally:
-            # Normally already popped by data_received; this covers cancellation.
-            pending.pop(call_id, None)
+        # Cancellation by the caller: forget the call (a late reply is dropped).
+        fut.add_done_callback(lambda f: conn.pending.pop(call_id, None) if f.cancelled() else None)
+        return fut
+
+    async def _call(self, tail: bytes, body: bytes, timeout: float | None) -> bytes:
+        """Send one request (header tail precomputed per method); the reply body."""
+        conn = self._conn
+        if conn is None or self._loop is None:
+            conn, timeout = await self._connect_for_call(timeout)
+        if conn.paused:
+            await conn.wait_writable()
+        if conn.lost:
+            raise RpcError(Status.UNAVAILABLE, f"{self.host}:{self.port}: connection lost")
+        return await self._send(conn, tail, body, timeout)
 
     # -- connection management --------------------------------------------------
 
@@ -278,7 +296,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def __init__(self, channel: RpcChannel, loop: asyncio.AbstractEventLoop) -> None:
         self._channel = channel
-        self._loop = loop
+        self._loop = self.loop = loop
         self._decoder = FrameDecoder(channel.max_frame_size)
         self._transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[bytes]] = {}

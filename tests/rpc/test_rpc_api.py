@@ -117,3 +117,35 @@ def test_rpc_no_uvloop_environment_variable(monkeypatch: pytest.MonkeyPatch) -> 
         return loop_name()
 
     assert run(which()) == "asyncio"
+
+
+async def test_start_call_fast_path(loop_kind: str) -> None:
+    """start_call: None until connected; then a plain future of the reply
+    body, resolved out of order like call(); failures as RpcError; a
+    cancelled call is forgotten."""
+    impl = EchoImpl()
+    async with serving(impl) as provider:
+        channel = RpcChannel("127.0.0.1", provider.port)
+        try:
+            assert channel.start_call(ECHO.full_name, "Echo", EchoRequest(seq=1)) is None
+            await channel.connect()
+            slow = channel.start_call(ECHO.full_name, "Echo",
+                                      EchoRequest(seq=1, delay_ms=200), timeout=5)
+            fast = channel.start_call(ECHO.full_name, "Echo", EchoRequest(seq=2), timeout=5)
+            assert slow is not None and fast is not None
+            assert EchoReply.FromString(await fast).seq == 2
+            assert not slow.done()
+            assert EchoReply.FromString(await slow).seq == 1
+            failing = channel.start_call(ECHO.full_name, "Echo", EchoRequest(fail="boom"))
+            assert failing is not None
+            with pytest.raises(rpc.RpcError) as info:
+                await failing
+            assert info.value.status is rpc.Status.HANDLER_ERROR
+            doomed = channel.start_call(ECHO.full_name, "Echo", EchoRequest(delay_ms=5000))
+            assert doomed is not None
+            await impl.started.wait()
+            doomed.cancel()
+            await asyncio.sleep(0)
+            assert channel._conn is not None and not channel._conn.pending
+        finally:
+            await channel.close()
