@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where the WAL and snapshots live (data/node<I>)")
     parser.add_argument("--max-raft-state", type=positive_int, default=None,
                         help="snapshot when the Raft log passes this many bytes")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
