@@ -774,6 +774,17 @@ class Simulator:
         # nothing for it; a client would retry): re-propose it then.
         attempts: dict[int, list[tuple[bytes, int]]] = {k: [] for k in range(3)}
         start = self.tick_no
+        # Catching up is bounded by the profile's own throttle (figure8 sends
+        # one entry per APPEND with one in flight: about one entry per round
+        # trip), so a node far behind at healing time gets time in proportion
+        # to its backlog; a stuck pipeline still fails, just later.
+        # The backlog is what the leader must still ship: its whole log past
+        # the slowest node's applied index (old-term entries included: they
+        # commit only along with one of the new leader's own).
+        leader = self._leader()
+        top = leader.core.log.last_index() if leader and leader.core else 0
+        lagging = min(n.sm.index for n in self.nodes)
+        bound += 2 * max(0, max(top, self.checker.max_committed) - lagging)
         applied = self.checker.applied_payloads
         while True:
             leader = self._stable_leader()

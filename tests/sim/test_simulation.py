@@ -87,3 +87,13 @@ def test_failure_report_is_replayable() -> None:
     assert "seed=5" in report
     assert "python -m tests.sim.simulator --seed 5 --profile reliable" in report
     assert " TICK " in report and "RECV" in report  # the event trace
+
+
+@pytest.mark.parametrize("seed", [1002816, 1007142, 1015598, 1015997, 1018489])
+def test_throttled_catch_up_gets_time_for_its_backlog(seed: int) -> None:
+    """Regression: the first 20,000-seed chaos run flagged these figure8 seeds
+    as liveness failures. Nothing was stuck: that profile ships one entry per
+    round trip and the leader had ~190 entries to send after healing; the
+    liveness bound now grows with the backlog."""
+    r = run_seed(seed, PROFILES["figure8"])
+    assert r.ok, r.report
