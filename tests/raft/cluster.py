@@ -66,9 +66,12 @@ class Member:
 
 
 class LocalCluster:
-    def __init__(self, tmp: Path, n: int, *, fsync: bool = True, **node_options: Any) -> None:
+    def __init__(self, tmp: Path, n: int, *, fsync: bool = True,
+                 segment_bytes: int | None = None, **node_options: Any) -> None:
         self.ids = list(range(n))
-        self.fsync = fsync
+        self.storage_options: dict[str, Any] = {"fsync": fsync}
+        if segment_bytes is not None:
+            self.storage_options["segment_bytes"] = segment_bytes
         self.members = {i: Member(i, tmp / f"node{i}") for i in self.ids}
         self.options: dict[str, Any] = {"tick_interval": 0.01, "election_tick": 10}
         self.options.update(node_options)
@@ -91,7 +94,7 @@ class LocalCluster:
 
     async def _listen(self, m: Member) -> None:
         m.fsm = RecordingStateMachine()
-        storage = FileStorage(m.directory, fsync=self.fsync)
+        storage = FileStorage(m.directory, **self.storage_options)
         m.node = RaftNode(
             NodeConfig(id=m.id, peers=frozenset(self.ids), seed=m.id, **self.options),
             storage,

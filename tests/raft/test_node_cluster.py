@@ -252,3 +252,38 @@ def test_slow_follower_does_not_slow_commits(tmp_path: Path) -> None:
                 await proxy.close()
 
     run(scenario)
+
+
+def test_data_dir_stays_bounded_by_max_raft_state(tmp_path: Path) -> None:
+    """The contract: about --max-raft-state, plus one WAL segment, plus the
+    latest snapshot. Small numbers so many segments and snapshots go by."""
+    limit, segment = 8192, 16384
+
+    def dir_bytes(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    async def scenario() -> None:
+        cluster = LocalCluster(tmp_path, 3, max_raft_state=limit, snapshot_catchup_entries=20,
+                               segment_bytes=segment)
+        await cluster.start()
+        try:
+            leader = await cluster.wait_leader()
+            node = cluster.node(leader)
+            for batch in range(20):
+                await asyncio.gather(*(node.propose(b"%04d" % batch + b"x" * 96)
+                                       for _ in range(100)))
+            last = node.status().commit
+            await cluster.wait_for(
+                lambda: all(m.node is not None and m.node.status().applied >= last
+                            for m in cluster.running()), what="everyone to apply")
+            for m in cluster.running():
+                assert m.node is not None and m.node.metrics.snapshots_taken >= 5
+                snapshot = len(m.fsm.snapshot())
+                # Slack: one batch past the limit before the snapshot, one
+                # segment being filled, the snapshot file, small headers.
+                bound = 2 * limit + 2 * segment + snapshot + 4096
+                assert dir_bytes(m.directory) <= bound, (m.id, dir_bytes(m.directory), bound)
+        finally:
+            await cluster.stop()
+
+    run(scenario)
