@@ -27,13 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peers.common import percentile  # noqa: E402
 from rpc.loop import new_event_loop  # noqa: E402
 from tests.raft.cluster import LocalCluster  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 async def one_run(tmp: Path, nodes: int, proposers: int, total: int, size: int,
@@ -67,8 +63,8 @@ async def one_run(tmp: Path, nodes: int, proposers: int, total: int, size: int,
                               strict=True)]
         return {
             "ops": total / elapsed,
-            "p50": pct(latencies, 0.5) * 1e3,
-            "p99": pct(latencies, 0.99) * 1e3,
+            "p50": percentile(sorted(latencies), 50) * 1e3,
+            "p99": percentile(sorted(latencies), 99) * 1e3,
             "fsyncs_per_s": saves / elapsed,
             "fsyncs_per_op": saves / total,
             "follower_fsyncs_per_s": statistics.mean(follower_saves) / elapsed,

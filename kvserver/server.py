@@ -32,10 +32,7 @@ class KvNodeOptions:
     #: Entries kept behind each snapshot for slightly lagging followers; small,
     #: so the data dir stays near --max-raft-state.
     snapshot_catchup_entries: int = 100
-    tick_interval: float = 0.025
-    election_tick: int = 12
     request_timeout: float = 2.0
-    fsync: bool = True
 
 
 class KvNode:
@@ -45,14 +42,12 @@ class KvNode:
         self.address = config.node(node_id)
         self.options = options
         self.state_machine = KvStateMachine()
-        self.storage = FileStorage(options.data_dir, fsync=options.fsync)
+        self.storage = FileStorage(options.data_dir)
         try:
             self.node = RaftNode(
                 NodeConfig(
                     id=node_id,
                     peers=frozenset(n.id for n in config.nodes),
-                    tick_interval=options.tick_interval,
-                    election_tick=options.election_tick,
                     max_raft_state=options.max_raft_state,
                     snapshot_catchup_entries=options.snapshot_catchup_entries,
                 ),

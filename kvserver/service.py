@@ -120,7 +120,7 @@ class KvService:
             address=self._address,
             role=st.role.value,
             term=st.term,
-            leader=st.leader if st.leader != NONE else -1,
+            leader=self._leader_hint(),
             commit_index=st.commit,
             applied_index=st.applied,
             last_index=st.last_index,

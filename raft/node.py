@@ -36,7 +36,6 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from random import Random
@@ -44,7 +43,7 @@ from typing import Any, Protocol
 
 from raft.core import Config, NotLeader, RaftCore, Ready
 from raft.storage import Storage
-from raft.types import NONE, Entry, EntryType, Message, MessageType, Role, Snapshot
+from raft.types import Entry, EntryType, Message, MessageType, Role, Snapshot
 
 __all__ = [
     "LeadershipLost",
@@ -228,7 +227,6 @@ class RaftNode:
                                      last + 1):
                 self._track_entry(e)
         self._role = Role.FOLLOWER
-        self._leader = NONE
         self._waiters: dict[int, deque[_Waiter]] = {}
         self._proposals: dict[int, _Proposal] = {}
         self._reads = _Reads()
@@ -245,8 +243,6 @@ class RaftNode:
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self.metrics = NodeMetrics()
-        #: Called with (old_role, new_role, leader) when the role or leader changes.
-        self.on_role_change: Callable[[Role, Role, int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -575,24 +571,22 @@ class RaftNode:
                 future.set_result(index)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
-        old = self._role
-        self._role, self._leader = role, leader
+        old, self._role = self._role, role
         if old is Role.LEADER and role is not Role.LEADER:
             self._log.info("node %d stepped down (term %d, leader now %d)",
                            self.id, self._core.term, leader)
             self._fail_leader_work(leader)
         elif role is Role.LEADER and old is not Role.LEADER:
             self._log.info("node %d became leader in term %d", self.id, self._core.term)
-        if self.on_role_change is not None:
-            self.on_role_change(old, role, leader)
 
-    def _fail_leader_work(self, leader: int) -> None:
+    def _fail_proposals(self, exc: Exception) -> None:
         for proposal in self._proposals.values():
             if not proposal.future.done():
-                proposal.future.set_exception(
-                    LeadershipLost(f"node {self.id} lost leadership; outcome unknown")
-                )
+                proposal.future.set_exception(exc)
         self._proposals.clear()
+
+    def _fail_leader_work(self, leader: int) -> None:
+        self._fail_proposals(LeadershipLost(f"node {self.id} lost leadership; outcome unknown"))
         for future in self._unconfirmed_reads():
             future.set_exception(NotLeader(leader))
         # Reads already confirmed by a quorum stay valid: their index was
@@ -607,21 +601,14 @@ class RaftNode:
         return [f for f in futures if not f.done()]
 
     def _fail_pending(self, exc: Exception) -> None:
-        for proposal in self._proposals.values():
-            if not proposal.future.done():
-                proposal.future.set_exception(exc)
-        self._proposals.clear()
+        self._fail_proposals(exc)
         for future in self._unconfirmed_reads():
             future.set_exception(exc)
         for _, future in self._reads.waiting_apply:
             if not future.done():
                 future.set_exception(exc)
         self._reads.waiting_apply.clear()
-        for waiters in self._waiters.values():
-            for w in waiters:
-                if not w.future.done():
-                    w.future.set_result(None)
-        self._waiters.clear()
+        self._release_waiters(self._readies_taken + 1)  # every request: empty reply
 
     # -- snapshots ---------------------------------------------------------------
 

@@ -34,10 +34,11 @@ log = logging.getLogger("raft.transport")
 
 RAFT_SERVICE = raft_pb2.DESCRIPTOR.services_by_name["raftRpc"]
 _SERVICE_NAME = RAFT_SERVICE.full_name
-_ALLOWED: dict[str, frozenset[MessageType]] = {}
-for _type, _method in RPC_METHOD.items():
-    _ALLOWED.setdefault(_method, frozenset())
-    _ALLOWED[_method] = _ALLOWED[_method] | {_type}
+#: Which message types each raftRpc method may carry.
+_ALLOWED: dict[str, frozenset[MessageType]] = {
+    method: frozenset(t for t, m in RPC_METHOD.items() if m == method)
+    for method in set(RPC_METHOD.values())
+}
 
 
 class RaftService:
@@ -111,22 +112,25 @@ class RpcTransport:
             log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
             return
         method = RPC_METHOD[msg.type]
+        request = message_to_pb(msg)
         # Fast path, connected: no coroutine, no Task, the reply handled in a
         # callback. Otherwise a Task that connects first.
-        future = channel.start_call(_SERVICE_NAME, method, message_to_pb(msg),
-                                    timeout=self._timeout)
+        future = channel.start_call(_SERVICE_NAME, method, request, timeout=self._timeout)
         if future is not None:
             future.add_done_callback(lambda f: self._on_reply(msg, f))
             return
-        task = asyncio.get_running_loop().create_task(self._call(channel, method, msg))
+        task = asyncio.get_running_loop().create_task(
+            self._call(channel, method, msg, request)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, channel: RpcChannel, method: str, msg: Message) -> None:
+    async def _call(
+        self, channel: RpcChannel, method: str, msg: Message, request: raft_pb2.RaftMessage
+    ) -> None:
         try:
             reply = await channel.call(
-                _SERVICE_NAME, method, message_to_pb(msg), raft_pb2.RaftReply,
-                timeout=self._timeout,
+                _SERVICE_NAME, method, request, raft_pb2.RaftReply, timeout=self._timeout
             )
         except RpcError as exc:
             self._failed(msg, exc)
