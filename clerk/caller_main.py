@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    if args.command == "bench" and not 0.0 <= args.reads <= 1.0:
+        parser.error("--reads must be between 0 and 1")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -173,8 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "delete":
                 await ck.delete(args.key)
             elif args.command == "bench":
-                if not 0.0 <= args.reads <= 1.0:
-                    fail(PROG, "--reads must be between 0 and 1", EXIT_USAGE)
                 return await _bench(ck, args.clients, args.ops, args.value_size, args.keys,
                                     args.reads)
             return EXIT_OK

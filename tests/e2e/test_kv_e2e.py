@@ -196,6 +196,7 @@ def test_bad_configs_and_command_lines_exit_2_with_one_line(tmp_path: Path) -> N
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for args in (["-m", "kvserver.main"], ["-m", "kvserver.main", "--id", "x", "-f", "t"],
                  [*CALLER], [*CALLER, "-f", str(bad), "frobnicate"],
+                 [*CALLER, "-f", str(bad), "bench", "--reads", "2"],
                  ["-m", "kvserver.launcher", "-n", "0", "-f", "x"]):
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stderr)
