@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar, Union
 
 from kvserver import kv_pb2
 from kvserver.state_machine import KvStateMachine, encode_command
 from raft.core import NotLeader, ProposalDropped
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
+from rpc import DeadlineBuckets, returns_future
 
 __all__ = ["KV_SERVICE", "KvService"]
 
@@ -27,16 +29,26 @@ log = logging.getLogger("kvserver.service")
 
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 
+R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply)
+#: What a handler returns: the reply now, or a future of it.
+Answer: TypeAlias = Union[R, "asyncio.Future[R]"]
 
-T = TypeVar("T")
+
+def _put_ok() -> kv_pb2.PutAppendReply:
+    return kv_pb2.PutAppendReply(err=kv_pb2.OK)
 
 
-def _fail_with_timeout(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _fail_with_timeout(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(TimeoutError())
 
 
 class KvService:
+    """Get and PutAppend answer from a future of the Raft node (no coroutine
+    or Task per request: ``returns_future``); each waits at most
+    ``request_timeout`` and then answers TIMEOUT."""
+
     def __init__(
         self,
         node: RaftNode,
@@ -50,48 +62,87 @@ class KvService:
         self._address = address
         self.request_timeout = request_timeout
         self.shutting_down = False
+        self._deadlines: DeadlineBuckets[asyncio.Future[Any]] | None = None
 
-    async def _bounded(self, future: asyncio.Future[T]) -> T:
-        """Await ``future`` for at most ``request_timeout`` (TimeoutError).
-
-        A timer that fails the future, rather than ``asyncio.wait_for`` (a
-        Task per request) or ``asyncio.timeout`` (needs a Task, and the
-        provider runs handlers eagerly, outside one): this is the hot path."""
-        timer = asyncio.get_running_loop().call_later(
-            self.request_timeout, _fail_with_timeout, future
-        )
-        try:
-            return await future
-        finally:
-            timer.cancel()
+    def _bound(self, future: asyncio.Future[Any]) -> None:
+        """Fail ``future`` with TimeoutError after ``request_timeout``. Shared
+        timers in 5 ms slots rather than a ``call_later`` per request or
+        ``asyncio.wait_for`` (a Task per request): this is the hot path. The
+        node ignores a future resolved behind its back."""
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = DeadlineBuckets(
+                asyncio.get_running_loop(), _fail_with_timeout
+            )
+        deadlines.add(self.request_timeout, future)
 
     def _leader_hint(self) -> int:
         leader = self._node.leader
         return leader if leader != NONE else -1
 
-    async def Get(self, request: kv_pb2.GetRequest) -> kv_pb2.GetReply:
-        if self.shutting_down:
-            return kv_pb2.GetReply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
-        if not self._node.is_leader:
-            return kv_pb2.GetReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
-        try:
-            await self._bounded(self._node.read_index_future())
-        except (NotLeader, ProposalDropped):
-            return kv_pb2.GetReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
-        except TimeoutError:
-            return kv_pb2.GetReply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint())
-        except NodeStopped:
-            return kv_pb2.GetReply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
-        value = self._sm.get(request.key)
-        if value is None:
-            return kv_pb2.GetReply(err=kv_pb2.NO_KEY, value="")
-        return kv_pb2.GetReply(err=kv_pb2.OK, value=value)
+    def _refusal(self, exc: BaseException, reply_type: type[R]) -> R:
+        """The reply for a request that did not complete."""
+        if isinstance(exc, TimeoutError):
+            return reply_type(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint())
+        if isinstance(exc, NodeStopped):
+            return reply_type(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        if isinstance(exc, (NotLeader, ProposalDropped, LeadershipLost)):
+            return reply_type(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        raise exc
 
-    async def PutAppend(self, request: kv_pb2.PutAppendRequest) -> kv_pb2.PutAppendReply:
+    def _settle(self, reply: asyncio.Future[R], outcome: asyncio.Future[Any],
+                reply_type: type[R], ok: Callable[[], R]) -> None:
+        """Answer ``reply`` from the node's future ``outcome``: ``ok()`` on
+        success, the matching refusal on a known failure, and anything else
+        as a handler error (the provider reports it to the caller)."""
+        if reply.done():
+            return  # the provider gave up on the call
+        if outcome.cancelled():
+            reply.set_result(self._refusal(TimeoutError(), reply_type))
+            return
+        exc = outcome.exception()
+        try:
+            reply.set_result(ok() if exc is None else self._refusal(exc, reply_type))
+        except Exception as err:  # handed to the provider: HANDLER_ERROR
+            reply.set_exception(err)
+
+    def _serving(self, reply_type: type[R]) -> R | None:
+        """A refusal if this node cannot serve requests now, else None."""
         if self.shutting_down:
-            return kv_pb2.PutAppendReply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+            return reply_type(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
         if not self._node.is_leader:
-            return kv_pb2.PutAppendReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+            return reply_type(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        return None
+
+    @returns_future
+    def Get(self, request: kv_pb2.GetRequest) -> Answer[kv_pb2.GetReply]:
+        refused = self._serving(kv_pb2.GetReply)
+        if refused is not None:
+            return refused
+        try:
+            read = self._node.read_index_future()
+        except (NotLeader, NodeStopped) as exc:
+            return self._refusal(exc, kv_pb2.GetReply)
+        self._bound(read)
+        reply: asyncio.Future[kv_pb2.GetReply] = asyncio.get_running_loop().create_future()
+        key = request.key
+
+        def value() -> kv_pb2.GetReply:
+            # Applied up to the read index (or later): any state from here on
+            # is linearizable for this read.
+            v = self._sm.get(key)
+            if v is None:
+                return kv_pb2.GetReply(err=kv_pb2.NO_KEY, value="")
+            return kv_pb2.GetReply(err=kv_pb2.OK, value=v)
+
+        read.add_done_callback(lambda f: self._settle(reply, f, kv_pb2.GetReply, value))
+        return reply
+
+    @returns_future
+    def PutAppend(self, request: kv_pb2.PutAppendRequest) -> Answer[kv_pb2.PutAppendReply]:
+        refused = self._serving(kv_pb2.PutAppendReply)
+        if refused is not None:
+            return refused
         command = kv_pb2.Command(
             op=request.op,
             key=request.key,
@@ -104,14 +155,15 @@ class KvService:
             stamp_ms=int(time.time() * 1000),
         )
         try:
-            await self._bounded(self._node.propose_future(encode_command(command)))
-        except (NotLeader, ProposalDropped, LeadershipLost):
-            return kv_pb2.PutAppendReply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
-        except TimeoutError:
-            return kv_pb2.PutAppendReply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint())
-        except NodeStopped:
-            return kv_pb2.PutAppendReply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
-        return kv_pb2.PutAppendReply(err=kv_pb2.OK)
+            applied = self._node.propose_future(encode_command(command))
+        except (NotLeader, ProposalDropped, NodeStopped) as exc:
+            return self._refusal(exc, kv_pb2.PutAppendReply)
+        self._bound(applied)
+        reply: asyncio.Future[kv_pb2.PutAppendReply] = asyncio.get_running_loop().create_future()
+        applied.add_done_callback(
+            lambda f: self._settle(reply, f, kv_pb2.PutAppendReply, _put_ok)
+        )
+        return reply
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()

@@ -304,10 +304,15 @@ class RaftNode:
     async def handle_request(self, msg: Message) -> Message | None:
         """A request from a peer; returns the core's response to it, sent
         only after what it depends on is durable (or None if ignored)."""
-        if self._stopped:
-            return None
-        accepts = _RESPONSES.get(msg.type, frozenset())
+        return await self.handle_request_future(msg)
+
+    def handle_request_future(self, msg: Message) -> asyncio.Future[Message | None]:
+        """``handle_request`` as a plain future (see ``propose_future``)."""
         future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+        if self._stopped:
+            future.set_result(None)
+            return future
+        accepts = _RESPONSES.get(msg.type)
         if accepts:
             self._waiters.setdefault(msg.src, deque()).append(
                 _Waiter(accepts, future, self._readies_taken)
@@ -316,7 +321,7 @@ class RaftNode:
             future.set_result(None)
         self._core.step(msg)
         self._schedule_drain()
-        return await future
+        return future
 
     async def propose(self, data: bytes) -> tuple[int, Any]:
         """Replicate ``data``; returns (index, state machine result) once the
@@ -494,17 +499,10 @@ class RaftNode:
                     self._forget_sizes_through(rd.snapshot.meta.index)
                 for e in rd.entries:
                     self._track_entry(e)
-            if self._storage.save(hs, rd.entries, rd.snapshot, sync=False):
-                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
-                self.metrics.saves += 1
-            self.metrics.entries_persisted += len(rd.entries)
-            if hs is not None:
-                self._persisted = hs
-        # 2. Send.
-        if not send_first:
-            for msg in rd.messages:
-                self._dispatch(msg)
-        # 3. Apply.
+            needs_sync = self._storage.save(hs, rd.entries, rd.snapshot, sync=False)
+        else:
+            needs_sync = False
+        # 3. Apply, while the disk works.
         if rd.snapshot is not None and not rd.snapshot.empty:
             self._install_snapshot(rd.snapshot)
         for entry in rd.committed_entries:
@@ -516,6 +514,16 @@ class RaftNode:
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        if needs_sync:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+            self.metrics.saves += 1
+        self.metrics.entries_persisted += len(rd.entries)
+        if hs is not None:
+            self._persisted = hs
+        # 2. Send.
+        if not send_first:
+            for msg in rd.messages:
+                self._dispatch(msg)
         # 4. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)

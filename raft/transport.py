@@ -10,23 +10,24 @@ backs off reconnecting) and never blocks the others. A failed call tells the
 core the peer is unreachable, which sends it back to probing.
 
 Receiving: ``RaftService`` is registered on the node's ``RpcProvider`` (the
-same port serves clients). A request is handed to ``RaftNode.handle_request``,
-whose result is the reply. Peers are identified by the ``src`` id inside the
-message, never by the connection's source address.
+same port serves clients). A request is handed to
+``RaftNode.handle_request_future``, whose result is the reply. Peers are
+identified by the ``src`` id inside the message, never by the connection's
+source address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from google.protobuf.message import DecodeError
 
 from raft import raft_pb2
 from raft.types import Message, MessageType
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb
-from rpc import RpcChannel, RpcError, Status
+from rpc import RpcChannel, RpcError, Status, returns_future
 
 __all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
 
@@ -42,15 +43,19 @@ _ALLOWED: dict[str, frozenset[MessageType]] = {
 
 
 class RaftService:
-    """The receiving side: implements raftRpc for an ``RpcProvider``."""
+    """The receiving side: implements raftRpc for an ``RpcProvider``. Each
+    method answers with a future (``returns_future``): no coroutine or Task
+    per message on the replication path."""
 
     def __init__(
-        self, node_id: int, handler: Callable[[Message], Awaitable[Message | None]]
+        self, node_id: int, handler: Callable[[Message], asyncio.Future[Message | None]]
     ) -> None:
         self._id = node_id
         self._handler = handler
 
-    async def _handle(self, method: str, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
+    def _handle(
+        self, method: str, request: raft_pb2.RaftMessage
+    ) -> asyncio.Future[raft_pb2.RaftReply]:
         try:
             msg = message_from_pb(request)
         except ValueError as exc:
@@ -60,23 +65,47 @@ class RaftService:
                 Status.BAD_REQUEST,
                 f"{method} cannot carry {msg.type.name} for node {msg.dst} (this is {self._id})"
             )
-        response = await self._handler(msg)
-        reply = raft_pb2.RaftReply()
-        if response is not None:
-            reply.messages.append(message_to_pb(response))
+        response = self._handler(msg)
+        reply: asyncio.Future[raft_pb2.RaftReply] = asyncio.get_running_loop().create_future()
+        response.add_done_callback(lambda f: _settle(reply, f))
         return reply
 
-    async def AppendEntries(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
-        return await self._handle("AppendEntries", request)
+    @returns_future
+    def AppendEntries(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+        return self._handle("AppendEntries", request)
 
-    async def RequestVote(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
-        return await self._handle("RequestVote", request)
+    @returns_future
+    def RequestVote(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+        return self._handle("RequestVote", request)
 
-    async def InstallSnapshot(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
-        return await self._handle("InstallSnapshot", request)
+    @returns_future
+    def InstallSnapshot(
+        self, request: raft_pb2.RaftMessage
+    ) -> asyncio.Future[raft_pb2.RaftReply]:
+        return self._handle("InstallSnapshot", request)
 
-    async def TimeoutNow(self, request: raft_pb2.RaftMessage) -> raft_pb2.RaftReply:
-        return await self._handle("TimeoutNow", request)
+    @returns_future
+    def TimeoutNow(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+        return self._handle("TimeoutNow", request)
+
+
+def _settle(reply: asyncio.Future[raft_pb2.RaftReply],
+            response: asyncio.Future[Message | None]) -> None:
+    """Answer the call with the node's response (zero or one message)."""
+    if reply.done():
+        return  # the call was given up (deadline, connection lost)
+    if response.cancelled():
+        reply.cancel()
+        return
+    exc = response.exception()
+    if exc is not None:
+        reply.set_exception(exc)
+        return
+    out = raft_pb2.RaftReply()
+    msg = response.result()
+    if msg is not None:
+        out.messages.append(message_to_pb(msg))
+    reply.set_result(out)
 
 
 class RpcTransport:

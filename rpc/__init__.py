@@ -26,13 +26,15 @@ Failures of a call raise `RpcError` with a `Status`. The sans-I/O codec is in
 when it is installed.
 """
 
+from rpc._deadlines import DeadlineBuckets
 from rpc.channel import RpcChannel
 from rpc.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.loop import install_uvloop, run
-from rpc.provider import RpcProvider
+from rpc.provider import RpcProvider, returns_future
 from rpc.stub import Stub, UnaryMethod, make_stub
 
 __all__ = [
+    "DeadlineBuckets",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -44,5 +46,6 @@ __all__ = [
     "UnaryMethod",
     "install_uvloop",
     "make_stub",
+    "returns_future",
     "run",
 ]

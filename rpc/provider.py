@@ -10,6 +10,12 @@ pipelined echo requests to a connection in memory, eager dispatch handled
 1.5x (asyncio) to 2.2x (uvloop) the requests per CPU second of a Task per
 call. `RpcProvider(eager=False)` gives every handler a Task from the start.
 
+A hot path can go further with a plain method marked `@returns_future`: it
+returns the response, or an `asyncio.Future` of it, and the provider writes
+the response from the future's done callback: no coroutine, no Task, no
+extra loop step (the KV and Raft services answer this way, because their
+answer comes from a future of the Raft node anyway).
+
 Responses produced while a chunk is being processed are written with a single
 `transport.write` at the end of the chunk; responses of suspended handlers are
 coalesced per loop iteration (`call_soon` flush).
@@ -32,8 +38,8 @@ import asyncio
 import inspect
 import logging
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -50,18 +56,35 @@ from rpc._deadlines import DeadlineBuckets
 from rpc.errors import LocalProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.rpc_pb2 import RESPONSE, Header
 
-__all__ = ["RpcProvider"]
+__all__ = ["RpcProvider", "returns_future"]
 
 log = logging.getLogger("rpc.provider")
 
 _REQUEST = 0  # rpc_pb2.REQUEST; a plain int compares fastest
 
 
+_FUTURE_MARK = "__rpc_returns_future__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def returns_future(fn: F) -> F:
+    """Mark a plain (non-async) handler that returns its response message
+    or an ``asyncio.Future`` of it. The provider answers from the future's
+    done callback; a handler error is reported as for async handlers (an
+    exception raised or set on the future). When the call's deadline passes
+    or its connection goes away, the provider cancels the future."""
+    setattr(fn, _FUTURE_MARK, True)
+    return fn
+
+
 class _Method(NamedTuple):
-    handler: Callable[[Any], Awaitable[Message]]
+    handler: Callable[[Any], Any]
     parse: Callable[[bytes], Message]
     response_type: type[Message]
     full_name: str
+    #: A @returns_future handler (else an async def).
+    returns_future: bool
 
 
 @types.coroutine
@@ -125,8 +148,9 @@ class RpcProvider:
     def register(self, descriptor: ServiceDescriptor, impl: object) -> None:
         """Serve `descriptor`'s methods with `impl`'s same-named async methods.
 
-        Raises TypeError if `impl` lacks a method or one is not `async def`,
-        ValueError for a duplicate service or a streaming method.
+        Raises TypeError if `impl` lacks a method or one is neither `async
+        def` nor marked `@returns_future`, ValueError for a duplicate service
+        or a streaming method.
         """
         if not isinstance(descriptor, ServiceDescriptor):
             raise TypeError(f"expected a ServiceDescriptor, got {type(descriptor).__name__}")
@@ -142,8 +166,9 @@ class RpcProvider:
             if fn is None:
                 problems.append(f"missing method {md.name}")
                 continue
-            if not inspect.iscoroutinefunction(fn):
-                problems.append(f"{md.name} is not an async def")
+            future_style = bool(getattr(fn, _FUTURE_MARK, False))
+            if not future_style and not inspect.iscoroutinefunction(fn):
+                problems.append(f"{md.name} is not an async def (nor @returns_future)")
                 continue
             request_type = GetMessageClass(md.input_type)
             methods[md.name] = _Method(
@@ -151,6 +176,7 @@ class RpcProvider:
                 parse=request_type.FromString,
                 response_type=GetMessageClass(md.output_type),
                 full_name=md.full_name,
+                returns_future=future_style,
             )
         if problems:
             raise TypeError(
@@ -197,7 +223,7 @@ class RpcProvider:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Future[Any]] = []
         for conn in list(self._connections):
             tasks.extend(conn.shutdown())
         if tasks:
@@ -225,8 +251,10 @@ class _ServerConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._peer: object = None
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._deadlines: DeadlineBuckets[tuple[int, asyncio.Task[None]]] = DeadlineBuckets(
+        # Calls in flight: the Task of a suspended async handler, or the
+        # future a @returns_future handler returned.
+        self._tasks: dict[int, asyncio.Future[Any]] = {}
+        self._deadlines: DeadlineBuckets[tuple[int, asyncio.Future[Any]]] = DeadlineBuckets(
             self._loop, self._expire
         )
         self._expired: set[int] = set()
@@ -336,6 +364,9 @@ class _ServerConnection(asyncio.Protocol):
                 call_id, Status.BAD_REQUEST, f"cannot decode {method.full_name} request: {exc}"
             )
             return
+        if method.returns_future:
+            self._start_future_call(call_id, method, request, header.timeout_ms)
+            return
         coro = self._run(call_id, method, request)
         if self._eager:
             try:
@@ -358,18 +389,58 @@ class _ServerConnection(asyncio.Protocol):
                 self._send_error(call_id, Status.DEADLINE_EXCEEDED, "deadline exceeded on server")
                 return
             raise
-        except RpcError as exc:
-            self._send_error(call_id, exc.status, exc.message)
-            return
         except Exception as exc:
-            log.warning("handler %s raised", method.full_name, exc_info=True)
-            self._send_error(call_id, Status.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            self._handler_failed(call_id, method, exc)
             return
         finally:
             if self._tasks:
                 self._tasks.pop(call_id, None)
             if self._expired:
                 self._expired.discard(call_id)
+        self._respond(call_id, method, response)
+
+    def _start_future_call(
+        self, call_id: int, method: _Method, request: Message, timeout_ms: int
+    ) -> None:
+        try:
+            result = method.handler(request)
+        except Exception as exc:
+            self._handler_failed(call_id, method, exc)
+            return
+        if not isinstance(result, asyncio.Future):
+            self._respond(call_id, method, result)
+            return
+        if result.done():
+            self._future_done(call_id, method, result)
+            return
+        self._tasks[call_id] = result
+        result.add_done_callback(lambda f: self._future_done(call_id, method, f))
+        if timeout_ms:
+            self._deadlines.add(timeout_ms / 1000.0, (call_id, result))
+
+    def _future_done(self, call_id: int, method: _Method, future: asyncio.Future[Any]) -> None:
+        if self._tasks.get(call_id) is future:
+            del self._tasks[call_id]
+        if future.cancelled():
+            if call_id in self._expired:
+                self._expired.discard(call_id)
+                self._send_error(call_id, Status.DEADLINE_EXCEEDED, "deadline exceeded on server")
+            return  # else the connection is going away: nobody to answer
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, Exception):
+                self._handler_failed(call_id, method, exc)
+            return
+        self._respond(call_id, method, future.result())
+
+    def _handler_failed(self, call_id: int, method: _Method, exc: Exception) -> None:
+        if isinstance(exc, RpcError):
+            self._send_error(call_id, exc.status, exc.message)
+            return
+        log.warning("handler %s raised", method.full_name, exc_info=exc)
+        self._send_error(call_id, Status.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _respond(self, call_id: int, method: _Method, response: Any) -> None:
         if type(response) is not method.response_type:
             self._send_error(
                 call_id,
@@ -385,7 +456,7 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._send(frame)
 
-    def _expire(self, items: list[tuple[int, asyncio.Task[None]]]) -> None:
+    def _expire(self, items: list[tuple[int, asyncio.Future[Any]]]) -> None:
         tasks = self._tasks
         for call_id, task in items:
             # Identity check: a finished call's id may have been reused since.
@@ -440,7 +511,7 @@ class _ServerConnection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def shutdown(self) -> list[asyncio.Task[None]]:
+    def shutdown(self) -> list[asyncio.Future[Any]]:
         """Cancel in-flight handlers and close; returns the cancelled tasks."""
         tasks = list(self._tasks.values())
         for task in tasks:

@@ -69,9 +69,11 @@ def test_every_request_type_has_a_method() -> None:
 def test_service_refuses_misrouted_or_foreign_messages() -> None:
     seen: list[Message] = []
 
-    async def handler(msg: Message) -> Message | None:
+    def handler(msg: Message) -> asyncio.Future[Message | None]:
         seen.append(msg)
-        return Message(MessageType.VOTE_RESPONSE, src=0, dst=msg.src, term=msg.term)
+        future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+        future.set_result(Message(MessageType.VOTE_RESPONSE, src=0, dst=msg.src, term=msg.term))
+        return future
 
     async def scenario() -> None:
         provider = RpcProvider("127.0.0.1", 0)
