@@ -24,13 +24,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from kvserver import kv_pb2
 from kvserver.config import load_config
-from rpc import RpcChannel, RpcError, Stub
+from rpc import RpcChannel, RpcError, Status, Stub
 
 __all__ = ["AsyncClerk", "Clerk", "ClerkError", "ClerkTimeout"]
 
 _SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
+_SERVICE_NAME = _SERVICE.full_name
+_REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply}
+
+
+def _parse_reply(method: str, body: bytes) -> Any:
+    reply_type = _REPLY_TYPES[method]
+    try:
+        return reply_type.FromString(body)
+    except DecodeError as exc:
+        raise RpcError(
+            Status.HANDLER_ERROR, f"undecodable {reply_type.__name__} response: {exc}"
+        ) from None
 
 
 class ClerkError(Exception):
@@ -127,10 +141,17 @@ class AsyncClerk:
             if seq_request:
                 request.ack_seq = next(iter(self._unacked), self._next_seq)
             server = self._leader
+            rpc_timeout = min(self.rpc_timeout, remaining)
             try:
-                reply = await getattr(self._stubs[server], method)(
-                    request, timeout=min(self.rpc_timeout, remaining)
+                # Connected: send now and await the reply's future (no
+                # coroutine per call); otherwise the stub connects first.
+                call = self._channels[server].start_call(
+                    _SERVICE_NAME, method, request, timeout=rpc_timeout
                 )
+                if call is None:
+                    reply = await getattr(self._stubs[server], method)(request, timeout=rpc_timeout)
+                else:
+                    reply = _parse_reply(method, await call)
             except RpcError as exc:
                 last_problem = f"server {server}: {exc}"
                 self._leader = (server + 1) % len(self.servers)

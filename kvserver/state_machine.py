@@ -112,41 +112,47 @@ class KvStateMachine:
     def apply(self, index: int, data: bytes) -> bool:
         """Apply one committed command; returns False if it was a duplicate."""
         cmd = decode_command(data)
-        self._clock_ms = max(self._clock_ms, cmd.stamp_ms)
-        self._expire_sessions()
-        session = self._sessions.get(cmd.client_id)
+        client_id = cmd.client_id
+        if cmd.stamp_ms > self._clock_ms:
+            self._clock_ms = cmd.stamp_ms
+            # Only a clock that moved can expire anyone (activity times only
+            # grow, and new sessions start at the clock).
+            self._expire_sessions()
+        sessions = self._sessions
+        session = sessions.get(client_id)
         if session is None:
-            session = _Session()
-            self._sessions[cmd.client_id] = session
+            session = sessions[client_id] = _Session()
         else:
-            self._sessions.move_to_end(cmd.client_id)
+            sessions.move_to_end(client_id)
         session.last_active_ms = self._clock_ms
         session.last_active_index = index
         session.acknowledge(cmd.ack_seq)
-        if session.is_duplicate(cmd.seq):
+        seq = cmd.seq
+        if session.is_duplicate(seq):
             return False
-        session.applied.add(cmd.seq)
-        self._apply_op(cmd)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        session.applied.add(seq)
+        self._apply_op(cmd.op, cmd.key, cmd.value)
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
         return True
 
-    def _apply_op(self, cmd: kv_pb2.Command) -> None:
-        if cmd.op == kv_pb2.PUT:
-            self._data[cmd.key] = cmd.value
-        elif cmd.op == kv_pb2.APPEND:
-            self._data[cmd.key] = self._data.get(cmd.key, "") + cmd.value
-        elif cmd.op == kv_pb2.DELETE:
-            self._data.pop(cmd.key, None)
+    def _apply_op(self, op: int, key: str, value: str) -> None:
+        if op == kv_pb2.PUT:
+            self._data[key] = value
+        elif op == kv_pb2.APPEND:
+            self._data[key] = self._data.get(key, "") + value
+        elif op == kv_pb2.DELETE:
+            self._data.pop(key, None)
         # Unknown ops (from a newer version) are ignored identically everywhere.
 
     def _expire_sessions(self) -> None:
         horizon = self._clock_ms - self.session_ttl_ms
-        while self._sessions:
-            client_id, session = next(iter(self._sessions.items()))
+        sessions = self._sessions
+        while sessions:
+            client_id, session = next(iter(sessions.items()))
             if session.last_active_ms >= horizon:
                 break
-            del self._sessions[client_id]
+            del sessions[client_id]
 
     # -- snapshots -----------------------------------------------------------
 

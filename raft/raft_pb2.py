@@ -24,21 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fraft/raft.proto\x12\x04raft\"@\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\":\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05peers\x18\x03 \x03(\x05\"\xaf\x02\n\x0bRaftMessage\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0b\n\x03src\x18\x02 \x01(\x05\x12\x0b\n\x03\x64st\x18\x03 \x01(\x05\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x1c\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x0b.raft.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x13\n\x0breject_term\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12$\n\x08snapshot\x18\r \x01(\x0b\x32\x12.raft.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x0e \x01(\x0c\x12\x0e\n\x06offset\x18\x0f \x01(\x04\x12\x0c\n\x04\x64one\x18\x10 \x01(\x08\"0\n\tRaftReply\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raft.RaftMessage2\xda\x01\n\x07raftRpc\x12\x33\n\rAppendEntries\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x31\n\x0bRequestVote\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x35\n\x0fInstallSnapshot\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x30\n\nTimeoutNow\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fraft/raft.proto\x12\x04raft\":\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05peers\x18\x03 \x03(\x05\"\xa2\x02\n\x0bRaftMessage\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0b\n\x03src\x18\x02 \x01(\x05\x12\x0b\n\x03\x64st\x18\x03 \x01(\x05\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x07 \x01(\x0c\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x13\n\x0breject_term\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12$\n\x08snapshot\x18\r \x01(\x0b\x32\x12.raft.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x0e \x01(\x0c\x12\x0e\n\x06offset\x18\x0f \x01(\x04\x12\x0c\n\x04\x64one\x18\x10 \x01(\x08\"0\n\tRaftReply\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raft.RaftMessage2\xda\x01\n\x07raftRpc\x12\x33\n\rAppendEntries\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x31\n\x0bRequestVote\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x35\n\x0fInstallSnapshot\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReply\x12\x30\n\nTimeoutNow\x12\x11.raft.RaftMessage\x1a\x0f.raft.RaftReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raft.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRY']._serialized_start=25
-  _globals['_ENTRY']._serialized_end=89
-  _globals['_SNAPSHOTMETA']._serialized_start=91
-  _globals['_SNAPSHOTMETA']._serialized_end=149
-  _globals['_RAFTMESSAGE']._serialized_start=152
-  _globals['_RAFTMESSAGE']._serialized_end=455
-  _globals['_RAFTREPLY']._serialized_start=457
-  _globals['_RAFTREPLY']._serialized_end=505
-  _globals['_RAFTRPC']._serialized_start=508
-  _globals['_RAFTRPC']._serialized_end=726
+  _globals['_SNAPSHOTMETA']._serialized_start=25
+  _globals['_SNAPSHOTMETA']._serialized_end=83
+  _globals['_RAFTMESSAGE']._serialized_start=86
+  _globals['_RAFTMESSAGE']._serialized_end=376
+  _globals['_RAFTREPLY']._serialized_start=378
+  _globals['_RAFTREPLY']._serialized_end=426
+  _globals['_RAFTRPC']._serialized_start=429
+  _globals['_RAFTRPC']._serialized_end=647
 # @@protoc_insertion_point(module_scope)

@@ -23,35 +23,6 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class Entry(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INDEX_FIELD_NUMBER: _builtins.int
-    TERM_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    index: _builtins.int
-    term: _builtins.int
-    type: _builtins.int
-    """raft.types.EntryType"""
-    data: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        index: _builtins.int = ...,
-        term: _builtins.int = ...,
-        type: _builtins.int = ...,
-        data: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "term", b"term", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Entry: _TypeAlias = Entry  # noqa: Y015
-
-@_typing.final
 class SnapshotMeta(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -109,6 +80,12 @@ class RaftMessage(_message.Message):
     term: _builtins.int
     log_term: _builtins.int
     index: _builtins.int
+    entries: _builtins.bytes
+    """The entries, packed (raft/wire.py): per entry a 21-byte big-endian
+    header (u64 index, u64 term, u8 type, u32 data length), then the data.
+    One bytes field rather than a repeated message: converting each entry
+    to and from a protobuf object cost more than everything else per entry.
+    """
     commit: _builtins.int
     reject: _builtins.bool
     reject_hint: _builtins.int
@@ -117,8 +94,6 @@ class RaftMessage(_message.Message):
     data: _builtins.bytes
     offset: _builtins.int
     done: _builtins.bool
-    @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]: ...
     @_builtins.property
     def snapshot(self) -> Global___SnapshotMeta:
         """set only on SNAPSHOT messages"""
@@ -132,7 +107,7 @@ class RaftMessage(_message.Message):
         term: _builtins.int = ...,
         log_term: _builtins.int = ...,
         index: _builtins.int = ...,
-        entries: _abc.Iterable[Global___Entry] | None = ...,
+        entries: _builtins.bytes = ...,
         commit: _builtins.int = ...,
         reject: _builtins.bool = ...,
         reject_hint: _builtins.int = ...,

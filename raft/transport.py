@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from google.protobuf.message import DecodeError
 
 from raft import raft_pb2
-from raft.types import Message, MessageType
-from raft.wire import RPC_METHOD, message_from_pb, message_to_pb
+from raft.types import Entry, Message, MessageType
+from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries
 from rpc import RpcChannel, RpcError, Status, returns_future
 
 __all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
@@ -132,6 +132,7 @@ class RpcTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._down: set[int] = set()
+        self._last_packed: tuple[Entry | None, Entry | None, int, bytes] = (None, None, 0, b"")
 
     def send(self, msg: Message) -> None:
         if self._closed:
@@ -141,7 +142,7 @@ class RpcTransport:
             log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
             return
         method = RPC_METHOD[msg.type]
-        request = message_to_pb(msg)
+        request = message_to_pb(msg, self._packed(msg.entries) if msg.entries else None)
         # Fast path, connected: no coroutine, no Task, the reply handled in a
         # callback. Otherwise a Task that connects first.
         future = channel.start_call(_SERVICE_NAME, method, request, timeout=self._timeout)
@@ -153,6 +154,18 @@ class RpcTransport:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _packed(self, entries: tuple[Entry, ...]) -> bytes:
+        """``pack_entries``, remembered for the last slice: a leader sends the
+        same entries to each follower. Entries are immutable and a log slice
+        is identified by its first and last entry objects and its length
+        (the cache holds them, so their ids cannot be reused)."""
+        first, last, count, blob = self._last_packed
+        if entries[0] is first and entries[-1] is last and len(entries) == count:
+            return blob
+        blob = pack_entries(entries)
+        self._last_packed = (entries[0], entries[-1], len(entries), blob)
+        return blob
 
     async def _call(
         self, channel: RpcChannel, method: str, msg: Message, request: raft_pb2.RaftMessage

@@ -6,10 +6,15 @@ so the conversion can be tested (round trips) without sockets.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
+
 from raft import raft_pb2
 from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
 
-__all__ = ["RPC_METHOD", "message_from_pb", "message_to_pb"]
+__all__ = ["RPC_METHOD", "message_from_pb", "message_to_pb", "pack_entries", "unpack_entries"]
+
+_ENTRY_HEADER = struct.Struct(">QQBI")
 
 #: Which raftRpc method carries a request of each type (responses ride back
 #: as the call's reply).
@@ -23,7 +28,9 @@ RPC_METHOD: dict[MessageType, str] = {
 }
 
 
-def message_to_pb(msg: Message) -> raft_pb2.RaftMessage:
+def message_to_pb(msg: Message, packed: bytes | None = None) -> raft_pb2.RaftMessage:
+    """``packed``: ``pack_entries(msg.entries)`` if the caller has it already
+    (a leader sends the same entries to every follower)."""
     pb = raft_pb2.RaftMessage(
         type=msg.type,
         src=msg.src,
@@ -41,10 +48,7 @@ def message_to_pb(msg: Message) -> raft_pb2.RaftMessage:
         done=msg.done,
     )
     if msg.entries:
-        pb.entries.extend(
-            raft_pb2.Entry(index=e.index, term=e.term, type=e.type, data=e.data)
-            for e in msg.entries
-        )
+        pb.entries = packed if packed is not None else pack_entries(msg.entries)
     if msg.snapshot is not None:
         meta = msg.snapshot
         pb.snapshot.CopyFrom(
@@ -83,10 +87,7 @@ def message_from_pb(pb: raft_pb2.RaftMessage) -> Message:
         term=pb.term,
         log_term=pb.log_term,
         index=pb.index,
-        entries=tuple(
-            Entry(index=e.index, term=e.term, data=e.data, type=_entry_type(e.type))
-            for e in pb.entries
-        ),
+        entries=unpack_entries(pb.entries) if pb.entries else (),
         commit=pb.commit,
         reject=pb.reject,
         reject_hint=pb.reject_hint,
@@ -97,3 +98,34 @@ def message_from_pb(pb: raft_pb2.RaftMessage) -> Message:
         offset=pb.offset,
         done=pb.done,
     )
+
+
+def pack_entries(entries: Sequence[Entry]) -> bytes:
+    """The ``entries`` field of raft.proto: header + data per entry."""
+    pack = _ENTRY_HEADER.pack
+    parts: list[bytes] = []
+    for e in entries:
+        data = e.data
+        parts.append(pack(e.index, e.term, e.type, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unpack_entries(blob: bytes) -> tuple[Entry, ...]:
+    """Inverse of ``pack_entries``; ``ValueError`` if malformed."""
+    unpack = _ENTRY_HEADER.unpack_from
+    header = _ENTRY_HEADER.size
+    entries: list[Entry] = []
+    pos, end = 0, len(blob)
+    while pos < end:
+        if end - pos < header:
+            raise ValueError(f"truncated entry header at byte {pos}")
+        index, term, etype, length = unpack(blob, pos)
+        pos += header
+        if length > end - pos:
+            raise ValueError(f"entry {index} claims {length} bytes, {end - pos} left")
+        entries.append(
+            Entry(index=index, term=term, data=blob[pos : pos + length], type=_entry_type(etype))
+        )
+        pos += length
+    return tuple(entries)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from raft import raft_pb2
 from raft.transport import RAFT_SERVICE, RaftService
 from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
-from raft.wire import RPC_METHOD, message_from_pb, message_to_pb
+from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries, unpack_entries
 from rpc import RpcChannel, RpcError, RpcProvider, Status
 
 entries = st.lists(
@@ -53,10 +53,19 @@ def test_round_trip_is_exact(msg: Message) -> None:
 def test_unknown_types_are_value_errors() -> None:
     with pytest.raises(ValueError, match="unknown message type 99"):
         message_from_pb(raft_pb2.RaftMessage(type=99))
-    bad_entry = raft_pb2.RaftMessage(type=MessageType.APPEND)
-    bad_entry.entries.add(index=1, term=1, type=7)
+    good = pack_entries([Entry(index=1, term=1, data=b"abc")])
+    bad_type = good[:16] + b"\x07" + good[17:]
     with pytest.raises(ValueError, match="unknown entry type 7"):
-        message_from_pb(bad_entry)
+        message_from_pb(raft_pb2.RaftMessage(type=MessageType.APPEND, entries=bad_type))
+
+
+@pytest.mark.parametrize("cut", [1, 20, 22, 23, 30, 44])
+def test_truncated_packed_entries_are_value_errors(cut: int) -> None:
+    blob = pack_entries([Entry(index=1, term=1, data=b"abc"), Entry(index=2, term=1, data=b"")])
+    assert unpack_entries(blob) == (Entry(index=1, term=1, data=b"abc"),
+                                    Entry(index=2, term=1, data=b""))
+    with pytest.raises(ValueError):
+        unpack_entries(blob[:cut])
 
 
 def test_every_request_type_has_a_method() -> None:
