@@ -65,7 +65,7 @@ class KvNode:
         )
         self.provider = RpcProvider(self.address.host, self.address.port)
         self.provider.register(KV_SERVICE, self.service)
-        self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request_future))
+        self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request))
         self._started = False
 
     async def start(self) -> None:

@@ -5,18 +5,22 @@ The only asyncio code in ``raft/``. It keeps time (a tick every
 proposals, reads), and drains ``ready()`` in the order the core's contract
 demands:
 
-1. persist hard state, entries and snapshot (one ``Storage.save``: one fsync),
-2. send messages (only now may anything that depends on them leave),
-3. apply committed entries to the state machine and wake their proposers,
-4. ``advance()``.
+1. write hard state, entries and snapshot (one ``Storage.save``),
+2. apply committed entries to the state machine and wake their proposers,
+3. fsync (one per ``Ready``),
+4. send messages (only now may anything that depends on them leave),
+5. ``advance()``.
 
-One task drains; it is woken whenever the core gets input. The write of a
-``Ready`` happens on the event loop, the fsync in a worker thread, so while
-the disk works the loop keeps receiving: everything that arrives meanwhile
-(many proposals, many peer messages) goes into the next ``Ready`` and is
-covered by one fsync (group commit). The core may take ``step``/``propose``
-between ``ready()`` and ``advance()`` (as etcd's RawNode allows), never two
-``Ready``s at once.
+One task drains; it is woken whenever the core gets input. Committed
+entries are applied right after the write, while the fsync runs: they are on
+a quorum's disks already (etcd's server applies concurrently with its WAL
+write too). A leader's fsync runs in a worker thread, so while its disk works
+the loop keeps receiving: everything that arrives meanwhile (many proposals,
+many acknowledgements) goes into the next ``Ready`` and is covered by one
+fsync (group commit). Any other node fsyncs on the loop: its answers wait
+for that fsync anyway, and a thread handoff per ``Ready`` only added latency.
+The core may take ``step``/``propose`` between ``ready()`` and ``advance()``
+(as etcd's RawNode allows), never two ``Ready``s at once.
 
 A leader sends its messages *before* its own fsync (Raft dissertation
 10.2.1): AppendEntries promise nothing about the leader's disk, and the core
@@ -301,13 +305,10 @@ class RaftNode:
         self._core.step(msg)
         self._schedule_drain()
 
-    async def handle_request(self, msg: Message) -> Message | None:
-        """A request from a peer; returns the core's response to it, sent
-        only after what it depends on is durable (or None if ignored)."""
-        return await self.handle_request_future(msg)
-
-    def handle_request_future(self, msg: Message) -> asyncio.Future[Message | None]:
-        """``handle_request`` as a plain future (see ``propose_future``)."""
+    def handle_request(self, msg: Message) -> asyncio.Future[Message | None]:
+        """A request from a peer; the future of the core's response to it,
+        resolved only after what it depends on is durable (None if the core
+        ignored it). A plain future, no coroutine: the replication path."""
         future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         if self._stopped:
             future.set_result(None)
@@ -486,13 +487,15 @@ class RaftNode:
         self._readies_taken += 1
         taken = self._readies_taken
         hs = rd.hard_state
-        send_first = self._core.role is Role.LEADER and (
+        leader = self._core.role is Role.LEADER
+        send_first = leader and (
             hs is None or (hs.term, hs.vote) == (self._persisted.term, self._persisted.vote)
         )
         if send_first:
             for msg in rd.messages:
                 self._dispatch(msg)
-        # 1. Persist: everything below may depend on it.
+        # 1. Write (the fsync comes in step 3).
+        needs_sync = False
         if hs is not None or rd.entries or rd.snapshot is not None:
             if self._track_sizes:
                 if rd.snapshot is not None and not rd.snapshot.empty:
@@ -500,9 +503,9 @@ class RaftNode:
                 for e in rd.entries:
                     self._track_entry(e)
             needs_sync = self._storage.save(hs, rd.entries, rd.snapshot, sync=False)
-        else:
-            needs_sync = False
-        # 3. Apply, while the disk works.
+        # 2. Apply while the disk works: committed entries are already on a
+        #    quorum's disks, whatever ours holds (etcd applies concurrently
+        #    with the WAL write too).
         if rd.snapshot is not None and not rd.snapshot.empty:
             self._install_snapshot(rd.snapshot)
         for entry in rd.committed_entries:
@@ -514,17 +517,24 @@ class RaftNode:
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        # 3. Sync. The leader's loop keeps taking proposals and
+        #    acknowledgements meanwhile (group commit), so its fsync runs in a
+        #    worker thread; anyone else answers only after this fsync anyway,
+        #    so a thread handoff would only add latency.
         if needs_sync:
-            await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+            if leader:
+                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+            else:
+                self._storage.sync()
             self.metrics.saves += 1
         self.metrics.entries_persisted += len(rd.entries)
         if hs is not None:
             self._persisted = hs
-        # 2. Send.
+        # 4. Send what promises durability (votes, acknowledgements).
         if not send_first:
             for msg in rd.messages:
                 self._dispatch(msg)
-        # 4. Advance.
+        # 5. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)
 

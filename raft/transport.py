@@ -11,7 +11,7 @@ core the peer is unreachable, which sends it back to probing.
 
 Receiving: ``RaftService`` is registered on the node's ``RpcProvider`` (the
 same port serves clients). A request is handed to
-``RaftNode.handle_request_future``, whose result is the reply. Peers are
+``RaftNode.handle_request``, whose result is the reply. Peers are
 identified by the ``src`` id inside the message, never by the connection's
 source address.
 """

@@ -101,7 +101,7 @@ class LocalCluster:
             m.fsm,
         )
         m.provider = RpcProvider("127.0.0.1", m.port)
-        m.provider.register(RAFT_SERVICE, RaftService(m.id, m.node.handle_request_future))
+        m.provider.register(RAFT_SERVICE, RaftService(m.id, m.node.handle_request))
         await m.provider.start()
         m.port = m.provider.port
 

@@ -122,3 +122,89 @@ def test_ignored_request_gets_an_empty_reply() -> None:
         await node.stop()
 
     run(scenario)
+
+
+class DeferredSyncStorage(MemoryStorage):
+    """Like FileStorage: ``save(sync=False)`` leaves data not yet durable
+    until ``sync()``. Records the durable log end and every sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durable_last = 0
+        self.durable_vote = 0
+        self.syncs = 0
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry],
+             snapshot: Snapshot | None = None, *, sync: bool = True) -> bool:
+        super().save(hard_state, entries, snapshot, sync=sync)
+        if sync:
+            self.sync()
+            return False
+        return bool(entries) or hard_state is not None
+
+    def sync(self) -> None:
+        self.syncs += 1
+        self.durable_last = self.last_index()
+        self.durable_vote = self.hard_state.vote
+
+
+class SendCheckingNode(RaftNode):
+    """Records, at the moment each message leaves the driver, what the
+    storage had made durable by then."""
+
+    sent_when: list[tuple[Message, int, int]]
+
+    def _dispatch(self, msg: Message) -> None:
+        storage = self._storage
+        assert isinstance(storage, DeferredSyncStorage)
+        self.sent_when.append((msg, storage.durable_last, storage.durable_vote))
+        super()._dispatch(msg)
+
+
+def test_follower_answers_only_what_is_durable() -> None:
+    """An append acknowledgement or a vote is a promise about the disk: the
+    driver must not send it before the fsync that covers it (paper 5.3)."""
+    async def scenario() -> None:
+        storage = DeferredSyncStorage()
+        node = SendCheckingNode(
+            NodeConfig(id=0, peers=frozenset({0, 1, 2}), tick_interval=0.005, seed=1),
+            storage, RecordingStateMachine(), RecordingTransport())
+        node.sent_when = []
+        await node.start()
+        vote = Message(MessageType.VOTE, src=1, dst=0, term=2, log_term=0, index=0)
+        reply = await asyncio.wait_for(node.handle_request(vote), 5)
+        assert reply is not None and not reply.reject
+        for first in (1, 4, 7):
+            entries = tuple(Entry(index=i, term=2, data=b"x") for i in range(first, first + 3))
+            append = Message(MessageType.APPEND, src=1, dst=0, term=2, log_term=2 if first > 1
+                             else 0, index=first - 1, entries=entries, commit=first - 1)
+            reply = await asyncio.wait_for(node.handle_request(append), 5)
+            assert reply is not None and reply.type is MessageType.APPEND_RESPONSE
+            assert not reply.reject and reply.index == first + 2
+        await node.stop()
+        answers = [(m.type, m.index, last, vote) for m, last, vote in node.sent_when]
+        assert answers[0][0] is MessageType.VOTE_RESPONSE and answers[0][3] == 1, \
+            "vote granted before it was durable"
+        acks = [a for a in answers if a[0] is MessageType.APPEND_RESPONSE]
+        assert [a[1] for a in acks] == [3, 6, 9]
+        assert all(durable >= index for _, index, durable, _ in acks), \
+            f"acknowledged before durable: {acks}"
+
+    run(scenario)
+
+
+def test_leader_counts_itself_only_once_durable() -> None:
+    """A single-node leader commits (and answers the proposer) only after its
+    own fsync: with no peers, its disk is the whole quorum."""
+    async def scenario() -> None:
+        storage = DeferredSyncStorage()
+        node, _ = single_node(storage)
+        await node.start()
+        await until(lambda: node.is_leader)
+        for i in range(20):
+            index, _ = await node.propose(b"v%d" % i)
+            assert storage.durable_last >= index, "applied before the leader's fsync"
+        assert storage.syncs >= 1
+        await node.stop()
+
+    run(scenario)
