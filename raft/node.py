@@ -11,16 +11,19 @@ demands:
 4. send messages (only now may anything that depends on them leave),
 5. ``advance()``.
 
-One task drains; it is woken whenever the core gets input. Committed
-entries are applied right after the write, while the fsync runs: they are on
-a quorum's disks already (etcd's server applies concurrently with its WAL
-write too). A leader's fsync runs in a worker thread, so while its disk works
-the loop keeps receiving: everything that arrives meanwhile (many proposals,
-many acknowledgements) goes into the next ``Ready`` and is covered by one
-fsync (group commit). Any other node fsyncs on the loop: its answers wait
-for that fsync anyway, and a thread handoff per ``Ready`` only added latency.
-The core may take ``step``/``propose`` between ``ready()`` and ``advance()``
-(as etcd's RawNode allows), never two ``Ready``s at once.
+One task drains; it is woken whenever the core gets input. Messages that
+promise nothing about our disk (a leader's appends) are put on the wire
+first, so the followers work while we write. Committed entries are applied
+right after the write, before the fsync: they are on a quorum's disks
+already (etcd's server applies concurrently with its WAL write too). A
+leader's fsync of a large ``Ready`` runs in a worker thread, so while its
+disk works the loop keeps receiving: everything that arrives meanwhile
+(many proposals, many acknowledgements) goes into the next ``Ready`` and is
+covered by one fsync (group commit). Any other node, and a leader with only
+a few entries to write, fsyncs on the loop: its answers wait for that fsync
+anyway, and a thread handoff per ``Ready`` only added latency. The core may
+take ``step``/``propose`` between ``ready()`` and ``advance()`` (as etcd's
+RawNode allows), never two ``Ready``s at once.
 
 A leader sends its messages *before* its own fsync (Raft dissertation
 10.2.1): AppendEntries promise nothing about the leader's disk, and the core
@@ -30,7 +33,7 @@ an append acknowledgement is a promise about the disk.
 
 Requests from peers are answered on the same RPC call: ``handle_request``
 steps the message and waits until the drain emits the core's response to that
-peer, which happens only after step 1. A message the core ignores gets an
+peer, which happens only after step 3. A message the core ignores gets an
 empty reply once the ``Ready`` that followed it is processed.
 """
 
@@ -92,6 +95,10 @@ class Transport(Protocol):
 
     def send(self, msg: Message) -> None: ...
 
+    def flush(self) -> None:
+        """Put what ``send`` buffered on the wire now (the node calls this
+        before its fsync, so peers start their part meanwhile)."""
+
     async def close(self) -> None: ...
 
 
@@ -128,6 +135,9 @@ class NodeConfig:
     snapshot_catchup_entries: int = 1000
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
+    #: A leader fsyncs a Ready of at most this many entries on the event
+    #: loop, a larger one in a worker thread (see _handle_ready).
+    leader_inline_sync_max: int = 4
     seed: int | None = None
 
 
@@ -491,9 +501,11 @@ class RaftNode:
         send_first = leader and (
             hs is None or (hs.term, hs.vote) == (self._persisted.term, self._persisted.vote)
         )
-        if send_first:
+        if send_first and rd.messages:
             for msg in rd.messages:
                 self._dispatch(msg)
+            assert self._transport is not None
+            self._transport.flush()
         # 1. Write (the fsync comes in step 3).
         needs_sync = False
         if hs is not None or rd.entries or rd.snapshot is not None:
@@ -517,12 +529,14 @@ class RaftNode:
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
-        # 3. Sync. The leader's loop keeps taking proposals and
-        #    acknowledgements meanwhile (group commit), so its fsync runs in a
-        #    worker thread; anyone else answers only after this fsync anyway,
-        #    so a thread handoff would only add latency.
+        # 3. Sync. Under load a leader's loop has proposals and
+        #    acknowledgements to take meanwhile (group commit), so a large
+        #    Ready's fsync runs in a worker thread. Anyone else answers only
+        #    after this fsync anyway, and a leader with a small Ready has
+        #    little to take: inline, as waking a worker thread and then the
+        #    loop again cost more latency than the fsync itself here.
         if needs_sync:
-            if leader:
+            if leader and len(rd.entries) > self.config.leader_inline_sync_max:
                 await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
             else:
                 self._storage.sync()
@@ -531,9 +545,11 @@ class RaftNode:
         if hs is not None:
             self._persisted = hs
         # 4. Send what promises durability (votes, acknowledgements).
-        if not send_first:
+        if not send_first and rd.messages:
             for msg in rd.messages:
                 self._dispatch(msg)
+            assert self._transport is not None
+            self._transport.flush()
         # 5. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)

@@ -155,6 +155,10 @@ class RpcTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def flush(self) -> None:
+        for channel in self._channels.values():
+            channel.flush()
+
     def _packed(self, entries: tuple[Entry, ...]) -> bytes:
         """``pack_entries``, remembered for the last slice: a leader sends the
         same entries to each follower. Entries are immutable and a log slice

@@ -266,6 +266,13 @@ class RpcChannel:
         if self._conn is conn:
             self._conn = None
 
+    def flush(self) -> None:
+        """Write the requests sent in this loop iteration now rather than at
+        its end (a caller about to block, or to do long work, calls this)."""
+        conn = self._conn
+        if conn is not None and conn._out:
+            conn._flush()
+
     async def close(self) -> None:
         """Fail pending calls with UNAVAILABLE and close the connection."""
         self._closed = True

@@ -23,6 +23,9 @@ class RecordingTransport:
     def send(self, msg: Message) -> None:
         self.sent.append(msg)
 
+    def flush(self) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed = True
 
@@ -193,12 +196,15 @@ def test_follower_answers_only_what_is_durable() -> None:
     run(scenario)
 
 
-def test_leader_counts_itself_only_once_durable() -> None:
+@pytest.mark.parametrize("inline_max", [0, 4], ids=["fsync-in-thread", "fsync-inline"])
+def test_leader_counts_itself_only_once_durable(inline_max: int) -> None:
     """A single-node leader commits (and answers the proposer) only after its
     own fsync: with no peers, its disk is the whole quorum."""
     async def scenario() -> None:
         storage = DeferredSyncStorage()
-        node, _ = single_node(storage)
+        node = RaftNode(NodeConfig(id=0, peers=frozenset({0}), tick_interval=0.005, seed=1,
+                                   leader_inline_sync_max=inline_max),
+                        storage, RecordingStateMachine(), RecordingTransport())
         await node.start()
         await until(lambda: node.is_leader)
         for i in range(20):
