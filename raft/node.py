@@ -16,12 +16,13 @@ promise nothing about our disk (a leader's appends) are put on the wire
 first, so the followers work while we write. Committed entries are applied
 right after the write, before the fsync: they are on a quorum's disks
 already (etcd's server applies concurrently with its WAL write too). A
-leader's fsync of a large ``Ready`` runs in a worker thread, so while its
-disk works the loop keeps receiving: everything that arrives meanwhile
-(many proposals, many acknowledgements) goes into the next ``Ready`` and is
-covered by one fsync (group commit). Any other node, and a leader with only
-a few entries to write, fsyncs on the loop: its answers wait for that fsync
-anyway, and a thread handoff per ``Ready`` only added latency. The core may
+leader's fsync runs in a worker thread, so while its disk works the loop
+keeps receiving: two followers' acknowledgements commit an entry without
+the leader's disk, and everything that arrives meanwhile (many proposals,
+many acknowledgements) goes into the next ``Ready`` and is covered by one
+fsync (group commit). Any other node fsyncs on the loop: its answers wait
+for that fsync anyway, and a thread handoff per ``Ready`` only added
+latency. The core may
 take ``step``/``propose`` between ``ready()`` and ``advance()`` (as etcd's
 RawNode allows), never two ``Ready``s at once.
 
@@ -135,9 +136,6 @@ class NodeConfig:
     snapshot_catchup_entries: int = 1000
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
-    #: A leader fsyncs a Ready of at most this many entries on the event
-    #: loop, a larger one in a worker thread (see _handle_ready).
-    leader_inline_sync_max: int = 4
     seed: int | None = None
 
 
@@ -529,14 +527,14 @@ class RaftNode:
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
-        # 3. Sync. Under load a leader's loop has proposals and
-        #    acknowledgements to take meanwhile (group commit), so a large
-        #    Ready's fsync runs in a worker thread. Anyone else answers only
-        #    after this fsync anyway, and a leader with a small Ready has
-        #    little to take: inline, as waking a worker thread and then the
-        #    loop again cost more latency than the fsync itself here.
+        # 3. Sync. A leader's loop keeps taking acknowledgements and
+        #    proposals meanwhile, so its fsync runs in a worker thread: two
+        #    followers' acks commit an entry without the leader's own disk,
+        #    and whatever arrives meanwhile shares the next fsync (group
+        #    commit). Anyone else answers only after this fsync anyway, so
+        #    it runs inline: a thread handoff would only add latency.
         if needs_sync:
-            if leader and len(rd.entries) > self.config.leader_inline_sync_max:
+            if leader:
                 await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
             else:
                 self._storage.sync()

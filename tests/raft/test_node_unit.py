@@ -196,15 +196,12 @@ def test_follower_answers_only_what_is_durable() -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("inline_max", [0, 4], ids=["fsync-in-thread", "fsync-inline"])
-def test_leader_counts_itself_only_once_durable(inline_max: int) -> None:
+def test_leader_counts_itself_only_once_durable() -> None:
     """A single-node leader commits (and answers the proposer) only after its
     own fsync: with no peers, its disk is the whole quorum."""
     async def scenario() -> None:
         storage = DeferredSyncStorage()
-        node = RaftNode(NodeConfig(id=0, peers=frozenset({0}), tick_interval=0.005, seed=1,
-                                   leader_inline_sync_max=inline_max),
-                        storage, RecordingStateMachine(), RecordingTransport())
+        node, _ = single_node(storage)
         await node.start()
         await until(lambda: node.is_leader)
         for i in range(20):
