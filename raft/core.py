@@ -136,7 +136,8 @@ class Ready:
     5. Call ``advance(rd)`` with this very object.
 
     Exactly one Ready may be outstanding: call ``advance`` before the next
-    ``ready()``.
+    ``ready()``. Meanwhile a leader may take partial ones from
+    ``leader_ready()`` (and advance each before taking another).
     """
 
     #: Leader/role, if changed since the last Ready.
@@ -238,7 +239,12 @@ class RaftCore:
                 f"hard state commit {hard_state.commit} is beyond the last index "
                 f"{self.log.last_index()}: storage lost committed entries"
             )
-        self.log.committed = max(self.log.committed, hard_state.commit)
+        # A snapshot holds only committed entries; its index may be ahead of
+        # the persisted commit (a leader applies what followers' acks commit
+        # before its next hard state write).
+        self.log.committed = max(
+            self.log.committed, hard_state.commit, storage.snapshot().meta.index
+        )
         self._become_follower(hard_state.term, NONE)
         self._vote = hard_state.vote
         if config.applied > 0:
@@ -427,7 +433,8 @@ class RaftCore:
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
-        if rd.committed_entries:
+        if rd.committed_entries and rd.committed_entries[-1].index > self.log.applied:
+            # (A leader_ready() taken meanwhile may have applied past these.)
             self.log.applied_to(rd.committed_entries[-1].index)
         if self._role is Role.LEADER and (rd.entries or rd.snapshot is not None):
             # The leader's own disk counts toward the majority only once the
@@ -435,6 +442,45 @@ class RaftCore:
             self_pr = self.progress[self._id]
             if self_pr.maybe_update(self.log.persisted_index()):
                 self._commit_if_possible()
+
+    def has_leader_ready(self) -> bool:
+        """Whether ``leader_ready()`` has anything to hand out."""
+        return self._role is Role.LEADER and bool(
+            self._bcast_entries
+            or self._bcast_commit
+            or self._msgs
+            or self._read_states
+            or self.log.has_next_committed_entries()
+        )
+
+    def leader_ready(self) -> Ready:
+        """A leader's partial Ready that needs no fsync of its own, for the
+        time while the last full ``ready()`` is still being persisted: its
+        messages (appends of entries not yet on our disk included: a leader
+        may send before it writes, dissertation 10.2.1), committed entries
+        and read states. No entries, hard state or snapshot: the next full
+        ``ready()`` hands those out. Process it like a Ready (send, apply,
+        release reads) and ``advance()`` it; the outstanding full Ready is
+        advanced later as usual.
+
+        The driver must take one only while the term and vote it has made
+        durable are the current ones (the messages carry the term). Commit
+        still counts the leader's own entries only once durable, so what is
+        committed here is on a quorum's disks."""
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        self._flush_broadcast()
+        committed = self.log.next_committed_entries()
+        rd = Ready(
+            messages=tuple(self._msgs),
+            committed_entries=tuple(committed),
+            read_states=tuple(self._read_states),
+        )
+        self._msgs = []
+        self._read_states = []
+        if committed:
+            self.log.accept_applying(committed[-1].index)
+        return rd
 
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}

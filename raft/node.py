@@ -518,13 +518,7 @@ class RaftNode:
         #    with the WAL write too).
         if rd.snapshot is not None and not rd.snapshot.empty:
             self._install_snapshot(rd.snapshot)
-        for entry in rd.committed_entries:
-            self._apply(entry)
-        for rs in rd.read_states:
-            for future in self._reads.by_context.pop(rs.context, ()):
-                if not future.done():
-                    self._reads.waiting_apply.append((rs.index, future))
-        self._release_reads()
+        self._apply_ready(rd)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         # 3. Sync. A leader's loop keeps taking acknowledgements and
@@ -535,7 +529,11 @@ class RaftNode:
         #    it runs inline: a thread handoff would only add latency.
         if needs_sync:
             if leader:
-                await asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+                synced = asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+                if send_first:
+                    await self._lead_while_syncing(synced)
+                else:
+                    await synced
             else:
                 self._storage.sync()
             self.metrics.saves += 1
@@ -552,6 +550,39 @@ class RaftNode:
         self._core.advance(rd)
         self._release_waiters(taken)
 
+    async def _lead_while_syncing(self, synced: asyncio.Future[None]) -> None:
+        """Wait for the leader's fsync; meanwhile keep replicating: send new
+        proposals to the followers, apply what their acknowledgements commit
+        and release reads (``RaftCore.leader_ready``). The fsync only gates
+        the leader's own vote toward commit, not the cluster."""
+        assert self._wake is not None
+        wake = self._wake
+        synced.add_done_callback(lambda _: wake.set())
+        core = self._core
+        persisted = self._persisted
+        while not synced.done():
+            await wake.wait()
+            wake.clear()
+            if synced.done() or self._stopped:
+                break
+            if (core.term, core.vote) != (persisted.term, persisted.vote):
+                continue  # the term moved on: wait for the fsync, then a full Ready
+            self._start_read_round()
+            if not core.has_leader_ready():
+                continue
+            rd = core.leader_ready()
+            if rd.messages:
+                for msg in rd.messages:
+                    self._dispatch(msg)
+                assert self._transport is not None
+                self._transport.flush()
+            self._apply_ready(rd)
+            core.advance(rd)
+        # Whatever woke us (input for the next Ready included) is handled by
+        # the drain loop, which checks has_ready() before it waits again.
+        wake.set()
+        await synced
+
     def _dispatch(self, msg: Message) -> None:
         waiters = self._waiters.get(msg.dst)
         if waiters:
@@ -566,6 +597,16 @@ class RaftNode:
             self.metrics.messages_sent += 1
         # A response whose request's call already ended is dropped: Raft
         # tolerates lost messages, and the peer will retry.
+
+    def _apply_ready(self, rd: Ready) -> None:
+        """Apply ``rd``'s committed entries and release its reads."""
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            for future in self._reads.by_context.pop(rs.context, ()):
+                if not future.done():
+                    self._reads.waiting_apply.append((rs.index, future))
+        self._release_reads()
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self._fsm.restore(snapshot.data)
@@ -665,9 +706,11 @@ class RaftNode:
             self._log_bytes -= self._log_sizes.popleft()[1]
 
     def snapshot_now(self) -> None:
-        """Snapshot the state machine at the applied index and compact the log."""
+        """Snapshot the state machine at the applied index and compact the
+        log. Skipped while applied entries are not on the local disk yet (a
+        leader applies what its followers' acks commit before its own write)."""
         index = self._applied
-        if index <= self._snapshot_index:
+        if index <= self._snapshot_index or index > self._storage.last_index():
             return
         data = self._fsm.snapshot()
         self._storage.create_snapshot(index, data, self.config.peers)

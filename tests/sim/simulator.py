@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any
 
-from raft.core import Config, NotLeader, ProposalDropped, RaftCore
+from raft.core import Config, NotLeader, ProposalDropped, RaftCore, Ready
 from raft.storage import MemoryStorage
 from raft.types import Entry, Message, MessageType, Role, Snapshot
 from tests.sim.checker import Checker, LogView, SafetyViolation
@@ -297,6 +297,11 @@ class SimNode:
     core: RaftCore | None = None
     sm: StateMachine = field(default_factory=StateMachine)
     restart_at: int = 0
+    #: A leader's Ready whose write is still "in flight" (RaftNode fsyncs a
+    #: leader's Ready in a worker thread and meanwhile takes leader_ready()s),
+    #: and the delivery round at which it becomes durable.
+    pending: Ready | None = None
+    pending_until: int = 0
     role: Role = Role.FOLLOWER
     term: int = 0
     commit: int = 0
@@ -453,6 +458,7 @@ class Simulator:
         if simulate_crash is not None:
             simulate_crash()
         n.core = None
+        n.pending = None  # the write in flight never reached the disk
         n.incarnation += 1
         n.restart_at = self.tick_no + self.fault_rng.randint(*self.profile.downtime)
         self.stats["crashes"] += 1
@@ -516,9 +522,40 @@ class Simulator:
         self._observe(n)
         ck = self.checker
         storage = n.storage
-        unreachable = self._unreachable
+        if n.pending is not None:
+            # The leader's write is in flight: only partial Readys, and only
+            # while the term and vote on disk are still the current ones.
+            hs = storage.hard_state
+            while (core.term, core.vote) == (hs.term, hs.vote) and core.has_leader_ready():
+                rd = core.leader_ready()
+                self.stats["leader_readys"] += 1
+                for m in rd.messages:
+                    self._send(m)
+                self._apply_ready(n, rd)
+                core.advance(rd)
+                self._report_unreachable(core)
+                self._observe(n)
+            return
         while core.has_ready():
             rd = core.ready()
+            hs = rd.hard_state
+            durable = storage.hard_state
+            if (
+                core.role is Role.LEADER
+                and rd.entries
+                and (hs is None or (hs.term, hs.vote) == (durable.term, durable.vote))
+                and self.work_rng.random() < 0.5
+            ):
+                # As RaftNode: send first, apply, and persist later.
+                for m in rd.messages:
+                    self._send(m)
+                self._apply_ready(n, rd)
+                n.pending = rd
+                n.pending_until = self.now + self.work_rng.randint(1, 2 * self.profile.substeps)
+                self.stats["deferred_writes"] += 1
+                self._report_unreachable(core)
+                self._observe(n)
+                return
             ck.on_persist(n.id, rd.hard_state, rd.entries)
             snap = rd.snapshot
             if snap is not None and snap.empty:
@@ -528,21 +565,42 @@ class Simulator:
                 self._send(m)
             if snap is not None:
                 self._install(n, snap)
-            sm = n.sm
-            for e in rd.committed_entries:
-                sm.apply(e)
-                ck.on_apply(n.id, e, sm.digest)
-            if rd.committed_entries:
-                self.stats["applied"] += len(rd.committed_entries)
-            for rs in rd.read_states:
-                self._ev(n.id, "READ-OK", f"ctx={rs.context!r} index={rs.index}")
-                ck.on_read_release(n.id, rs, core.term, core.role is Role.LEADER)
+            self._apply_ready(n, rd)
             core.advance(rd)
-            if unreachable:
-                for peer in sorted(unreachable):
-                    core.report_unreachable(peer)
-                unreachable.clear()
+            self._report_unreachable(core)
             self._observe(n)
+
+    def _apply_ready(self, n: SimNode, rd: Ready) -> None:
+        assert n.core is not None
+        sm, ck = n.sm, self.checker
+        for e in rd.committed_entries:
+            sm.apply(e)
+            ck.on_apply(n.id, e, sm.digest)
+        if rd.committed_entries:
+            self.stats["applied"] += len(rd.committed_entries)
+        for rs in rd.read_states:
+            self._ev(n.id, "READ-OK", f"ctx={rs.context!r} index={rs.index}")
+            ck.on_read_release(n.id, rs, n.core.term, n.core.role is Role.LEADER)
+
+    def _report_unreachable(self, core: RaftCore) -> None:
+        unreachable = self._unreachable
+        if unreachable:
+            for peer in sorted(unreachable):
+                core.report_unreachable(peer)
+            unreachable.clear()
+
+    def _complete_writes(self) -> None:
+        """Deferred leader writes whose time has come become durable."""
+        for n in self.nodes:
+            rd = n.pending
+            if rd is None or n.core is None or n.pending_until > self.now:
+                continue
+            n.pending = None
+            self.checker.on_persist(n.id, rd.hard_state, rd.entries)
+            n.storage.save(rd.hard_state, rd.entries, None)
+            self._ev(n.id, "SYNCED", f"{len(rd.entries)} entries")
+            n.core.advance(rd)
+            self._drive(n)
 
     def _install(self, n: SimNode, snap: Snapshot) -> None:
         sm = StateMachine.restore(snap.data)
@@ -691,7 +749,9 @@ class Simulator:
 
     def _app_snapshot(self, n: SimNode, rng: Random) -> None:
         st = n.storage
-        idx = min(n.sm.index, st.last_index())
+        idx = n.sm.index
+        if idx > st.last_index():
+            return  # applied ahead of the local disk (a leader's write in flight)
         if idx - st.snapshot().meta.index < self.profile.snapshot_min_gap:
             return
         st.create_snapshot(idx, n.sm.snapshot(self.profile.snapshot_pad), self.peers)
@@ -719,6 +779,7 @@ class Simulator:
                 self._drive(n)
         for s in range(p.substeps):
             self.now = self.tick_no * p.substeps + s
+            self._complete_writes()
             for m in self.net.due(self.now):
                 self._deliver(m)
         self.tick_no += 1

@@ -25,10 +25,11 @@ TICKS = 150
 #: profile -> (number of seeds, stats that must be non-zero over a chunk,
 #: proving the profile exercised what it is named after).
 PLAN: dict[str, tuple[int, tuple[str, ...]]] = {
-    "reliable": (80, ("reads_released", "transfers", "applied")),
+    "reliable": (80, ("reads_released", "transfers", "applied", "deferred_writes",
+                      "leader_readys")),
     "lossy": (80, ("dropped", "duplicated", "reads_released")),
     "partitions": (80, ("partitions", "cuts", "applied")),
-    "crashes": (100, ("crashes", "restarts", "applied")),
+    "crashes": (100, ("crashes", "restarts", "applied", "deferred_writes")),
     "snapshots": (100, ("snapshots_created", "snapshot_msgs", "snapshots_installed")),
     "chaos": (40, ("crashes", "partitions", "snapshots_created", "applied")),
     "figure8": (40, ("crashes", "elections", "applied")),
