@@ -24,27 +24,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
 from kvserver import kv_pb2
 from kvserver.config import load_config
-from rpc import RpcChannel, RpcError, Status, Stub
+from rpc import RpcChannel, RpcError, Stub, parse_response
 
 __all__ = ["AsyncClerk", "Clerk", "ClerkError", "ClerkTimeout"]
 
 _SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 _SERVICE_NAME = _SERVICE.full_name
 _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply}
-
-
-def _parse_reply(method: str, body: bytes) -> Any:
-    reply_type = _REPLY_TYPES[method]
-    try:
-        return reply_type.FromString(body)
-    except DecodeError as exc:
-        raise RpcError(
-            Status.HANDLER_ERROR, f"undecodable {reply_type.__name__} response: {exc}"
-        ) from None
 
 
 class ClerkError(Exception):
@@ -151,7 +139,7 @@ class AsyncClerk:
                 if call is None:
                     reply = await getattr(self._stubs[server], method)(request, timeout=rpc_timeout)
                 else:
-                    reply = _parse_reply(method, await call)
+                    reply = parse_response(_REPLY_TYPES[method], await call)
             except RpcError as exc:
                 last_problem = f"server {server}: {exc}"
                 self._leader = (server + 1) % len(self.servers)

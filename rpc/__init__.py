@@ -27,7 +27,7 @@ when it is installed.
 """
 
 from rpc._deadlines import DeadlineBuckets
-from rpc.channel import RpcChannel
+from rpc.channel import RpcChannel, parse_response
 from rpc.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.loop import install_uvloop, run
 from rpc.provider import RpcProvider, returns_future
@@ -46,6 +46,7 @@ __all__ = [
     "UnaryMethod",
     "install_uvloop",
     "make_stub",
+    "parse_response",
     "returns_future",
     "run",
 ]

@@ -64,6 +64,17 @@ def _status_of(code: int) -> Status:
         return Status.HANDLER_ERROR
 
 
+def parse_response(response_type: type[M], body: bytes) -> M:
+    """Parse a reply body (as ``start_call`` delivers it); an undecodable
+    one is the server's fault: ``RpcError(HANDLER_ERROR)``."""
+    try:
+        return response_type.FromString(body)
+    except DecodeError as exc:
+        raise RpcError(
+            Status.HANDLER_ERROR, f"undecodable {response_type.__name__} response: {exc}"
+        ) from None
+
+
 class RpcChannel:
     """A client connection to one provider, shared by any number of calls.
 
@@ -123,12 +134,7 @@ class RpcChannel:
         """Call `service`/`method` (full service name, method name) and parse the reply."""
         tail = self._tail(service, method)
         body = await self._call(tail, request.SerializeToString(), timeout)
-        try:
-            return response_type.FromString(body)
-        except DecodeError as exc:
-            raise RpcError(
-                Status.HANDLER_ERROR, f"undecodable {response_type.__name__} response: {exc}"
-            ) from None
+        return parse_response(response_type, body)
 
     def _tail(self, service: str, method: str) -> bytes:
         key = (service, method)

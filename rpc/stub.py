@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from rpc._codec import request_header_tail
-from rpc.channel import RpcChannel
-from rpc.errors import RpcError, Status
+from rpc.channel import RpcChannel, parse_response
 
 __all__ = ["Stub", "UnaryMethod", "make_stub"]
 
@@ -33,7 +32,7 @@ RespT = TypeVar("RespT", bound=Message)
 class UnaryMethod(Generic[ReqT, RespT]):
     """One callable RPC method: `await method(request, timeout=...)`."""
 
-    __slots__ = ("_call", "_parse", "_tail", "full_name", "name", "request_type",
+    __slots__ = ("_call", "_tail", "full_name", "name", "request_type",
                  "response_type", "service")
 
     def __init__(
@@ -57,7 +56,6 @@ class UnaryMethod(Generic[ReqT, RespT]):
         self.response_type: type[RespT] = factory_type  # type: ignore[assignment]
         self._tail = request_header_tail(self.service, self.name)
         self._call = channel._call
-        self._parse = self.response_type.FromString
 
     def __repr__(self) -> str:
         return f"<UnaryMethod {self.full_name}>"
@@ -74,13 +72,7 @@ class UnaryMethod(Generic[ReqT, RespT]):
                 f"not {type(request).__name__}"
             )
         body = await self._call(self._tail, request.SerializeToString(), timeout)
-        try:
-            return self._parse(body)
-        except DecodeError as exc:
-            raise RpcError(
-                Status.HANDLER_ERROR,
-                f"undecodable {self.response_type.__name__} response: {exc}",
-            ) from None
+        return parse_response(self.response_type, body)
 
 
 class Stub:
