@@ -48,6 +48,7 @@ from raft.types import (
     Snapshot,
     SnapshotMeta,
     SoftState,
+    entries_size,
 )
 
 __all__ = [
@@ -387,30 +388,47 @@ class RaftCore:
     # -- Ready / advance ----------------------------------------------------------
 
     def has_ready(self) -> bool:
-        if self._role is Role.LEADER and (self._bcast_entries or self._bcast_commit):
+        # Called on every wakeup of the driver, so written as early returns,
+        # most frequent first; "nothing to do" is the path that runs them all.
+        if self._msgs or self._read_states:
             return True
-        soft, hard, log = self._prev_soft, self._prev_hard, self.log
-        return bool(
-            self._msgs
-            or self._read_states
-            or log.unstable.entries
-            or log.unstable.snapshot is not None
-            or soft.leader != self._leader
+        if (self._bcast_entries or self._bcast_commit) and self._role is Role.LEADER:
+            return True
+        log = self.log
+        unstable = log.unstable
+        if unstable.entries or unstable.snapshot is not None:
+            return True
+        soft, hard = self._prev_soft, self._prev_hard
+        if (
+            soft.leader != self._leader
             or soft.role is not self._role
             or hard.term != self._term
             or hard.vote != self._vote
             or hard.commit != log.committed
-            or log.has_next_committed_entries()
-        )
+        ):
+            return True
+        return log.has_next_committed_entries()
 
     def ready(self) -> Ready:
         self._flush_broadcast()
-        soft = SoftState(self._leader, self._role)
-        hard = self._hard_state()
+        # New SoftState / HardState values only when a field changed (field
+        # by field, so that the usual "unchanged" costs no object).
+        soft: SoftState | None = None
+        prev_soft = self._prev_soft
+        if prev_soft.leader != self._leader or prev_soft.role is not self._role:
+            soft = self._prev_soft = SoftState(self._leader, self._role)
+        hard: HardState | None = None
+        prev_hard = self._prev_hard
+        if (
+            prev_hard.term != self._term
+            or prev_hard.vote != self._vote
+            or prev_hard.commit != self.log.committed
+        ):
+            hard = self._prev_hard = self._hard_state()
         committed = self.log.next_committed_entries()
         rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            soft_state=soft,
+            hard_state=hard,
             entries=tuple(self.log.unstable.entries),
             snapshot=self.log.unstable.snapshot,
             messages=tuple(self._msgs),
@@ -419,8 +437,6 @@ class RaftCore:
         )
         self._msgs = []
         self._read_states = []
-        self._prev_soft = soft
-        self._prev_hard = hard
         if committed:
             self.log.accept_applying(committed[-1].index)
         return rd
@@ -892,6 +908,10 @@ class RaftCore:
             return False
         prev = pr.next - 1
         last = self.log.last_index()
+        if prev == last and not send_if_empty:
+            # The peer has been sent everything (the usual end of a
+            # _send_append_all loop): nothing to look up.
+            return False
         try:
             prev_term = self.log.term(prev)
             ents = self.log.entries(pr.next, self._cfg.max_size_per_msg) if pr.next <= last else []
@@ -899,7 +919,7 @@ class RaftCore:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        size = sum(e.size() for e in ents)
+        size = entries_size(ents)
         self._send(
             Message(
                 MT.APPEND,

@@ -67,7 +67,9 @@ class Unstable:
         ``index`` still has ``term``: if the tail was overwritten (a new
         leader's entries) after the Ready was taken, what was persisted is not
         what we hold now, and the new entries must still be handed out."""
-        if self.maybe_term(index) != term or index < self.offset:
+        # Same test as maybe_term(index) != term, for an index >= offset.
+        i = index - self.offset
+        if i < 0 or i >= len(self.entries) or self.entries[i].term != term:
             return
         del self.entries[: index + 1 - self.offset]
         self.offset = index + 1
@@ -117,13 +119,22 @@ class RaftLog:
 
     # -- bounds and terms ---------------------------------------------------
 
+    # first_index / last_index / term are asked many times per operation:
+    # they inline Unstable.maybe_* (same logic) to save calls and Optionals.
+
     def first_index(self) -> int:
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.meta.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return u.offset + len(u.entries) - 1
+        if u.snapshot is not None:
+            return u.snapshot.meta.index
+        return self.storage.last_index()
 
     def persisted_index(self) -> int:
         """Highest index known to be on stable storage and part of this log
@@ -135,12 +146,17 @@ class RaftLog:
     def term(self, index: int) -> int:
         """Term of ``index``; valid from ``first_index() - 1`` to
         ``last_index()``. Raises CompactedError / UnavailableError outside."""
-        t = self.unstable.maybe_term(index)
-        if t is not None:
-            return t
+        u = self.unstable
+        i = index - u.offset
+        if i >= 0:
+            if i < len(u.entries):
+                return u.entries[i].term
+        elif u.snapshot is not None and u.snapshot.meta.index == index:
+            return u.snapshot.meta.term
         if index < self.first_index() - 1:
             raise CompactedError(f"index {index} compacted (first is {self.first_index()})")
-        if index > self.last_index():
+        # Below a non-empty unstable tail, the index cannot be past the end.
+        if (i >= 0 or not u.entries) and index > self.last_index():
             raise UnavailableError(f"index {index} beyond last {self.last_index()}")
         return self.storage.term(index)
 
@@ -205,8 +221,11 @@ class RaftLog:
     def find_conflict(self, entries: Sequence[Entry]) -> int:
         """Index of the first entry whose term disagrees with ours, or that we
         do not have yet; 0 if all of them are already in the log."""
+        last = self.last_index()
         for e in entries:
-            if not self.match_term(e.index, e.term):
+            # Past our end is "not there yet": checked first, so that the
+            # usual case (all new) does not raise and catch UnavailableError.
+            if e.index > last or not self.match_term(e.index, e.term):
                 return e.index
         return 0
 
@@ -258,7 +277,9 @@ class RaftLog:
     def has_next_committed_entries(self) -> bool:
         if self.unstable.snapshot is not None:
             return False  # the snapshot must be installed first
-        return self.committed > max(self.applying, self.first_index() - 1)
+        # Usually all committed entries are handed out already: answer that
+        # without asking the storage for its first index.
+        return self.committed > self.applying and self.committed >= self.first_index()
 
     def next_committed_entries(self, max_bytes: int | None = None) -> list[Entry]:
         """Committed entries not yet handed out for applying."""

@@ -34,6 +34,14 @@ def committed_index(voters: Collection[int], match: Mapping[int, int]) -> int:
     """
     if not voters:
         return 0
+    if len(voters) == 3:
+        # The common cluster size, on every acknowledgement: the median of
+        # three, without building and sorting a list.
+        a, b, c = (match.get(v, 0) for v in voters)
+        if a < b:
+            a, b = b, a
+        # Now a >= b; the median is c clamped to [b, a].
+        return a if c >= a else b if c <= b else c
     acked = sorted((match.get(v, 0) for v in voters), reverse=True)
     return acked[quorum_size(voters) - 1]
 

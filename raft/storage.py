@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from raft.types import Entry, HardState, Snapshot, SnapshotMeta
+from raft.types import ENTRY_OVERHEAD, Entry, HardState, Snapshot, SnapshotMeta
 
 __all__ = [
     "CompactedError",
@@ -128,9 +128,10 @@ def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """The longest prefix within ``max_bytes`` (at least one entry)."""
     if max_bytes is None or not entries:
         return entries
+    # Entry.size() inlined: this loop runs once per entry sent.
     total = 0
     for i, e in enumerate(entries):
-        total += e.size()
+        total += len(e.data) + ENTRY_OVERHEAD
         if total > max_bytes and i > 0:
             return entries[:i]
     return entries
@@ -154,30 +155,36 @@ class StoredLog:
     def hard_state(self) -> HardState:
         return self._hard_state
 
+    # The core asks for these bounds many times per operation, so they read
+    # ``_entries`` directly instead of going through ``_offset()``.
+
     def _offset(self) -> int:
         return self._entries[0].index
 
     def first_index(self) -> int:
-        return self._offset() + 1
+        return self._entries[0].index + 1
 
     def last_index(self) -> int:
-        return self._offset() + len(self._entries) - 1
+        entries = self._entries
+        return entries[0].index + len(entries) - 1
 
     def term(self, index: int) -> int:
-        offset = self._offset()
-        if index < offset:
-            raise CompactedError(f"index {index} compacted (first is {offset + 1})")
-        if index > self.last_index():
+        entries = self._entries
+        i = index - entries[0].index
+        if i < 0:
+            raise CompactedError(f"index {index} compacted (first is {self.first_index()})")
+        if i >= len(entries):
             raise UnavailableError(f"index {index} beyond last {self.last_index()}")
-        return self._entries[index - offset].term
+        return entries[i].term
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        offset = self._offset()
+        entries = self._entries
+        offset = entries[0].index
         if lo <= offset:
             raise CompactedError(f"index {lo} compacted (first is {offset + 1})")
-        if hi > self.last_index() + 1:
+        if hi - offset > len(entries):
             raise UnavailableError(f"index {hi - 1} beyond last {self.last_index()}")
-        return limit_size(self._entries[lo - offset : hi - offset], max_bytes)
+        return limit_size(entries[lo - offset : hi - offset], max_bytes)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
