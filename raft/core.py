@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
+from typing import Final
 
 from raft.log import RaftLog
 from raft.progress import Progress, ProgressState
@@ -66,7 +67,32 @@ __all__ = [
 #: voters must not ignore it because of the leader lease (dissertation 3.10).
 TRANSFER_CONTEXT = b"transfer"
 
-MT = MessageType
+
+class MT:
+    """``MessageType``'s members, as plain class attributes: the core
+    compares message types dozens of times per operation, and on Python
+    3.11 every attribute lookup on an enum class is several times slower
+    (``EnumType`` defines ``__getattr__``). Same objects, same names."""
+
+    APPEND: Final = MessageType.APPEND
+    APPEND_RESPONSE: Final = MessageType.APPEND_RESPONSE
+    VOTE: Final = MessageType.VOTE
+    VOTE_RESPONSE: Final = MessageType.VOTE_RESPONSE
+    PRE_VOTE: Final = MessageType.PRE_VOTE
+    PRE_VOTE_RESPONSE: Final = MessageType.PRE_VOTE_RESPONSE
+    HEARTBEAT: Final = MessageType.HEARTBEAT
+    HEARTBEAT_RESPONSE: Final = MessageType.HEARTBEAT_RESPONSE
+    SNAPSHOT: Final = MessageType.SNAPSHOT
+    SNAPSHOT_RESPONSE: Final = MessageType.SNAPSHOT_RESPONSE
+    TIMEOUT_NOW: Final = MessageType.TIMEOUT_NOW
+
+
+assert {k: v for k, v in vars(MT).items() if k.isupper()} == dict(MessageType.__members__)
+
+#: Looked up once, for the same reason as ``MT``: compared on every
+#: proposal, Ready and acknowledgement.
+_LEADER: Final = Role.LEADER
+_NORMAL: Final = EntryType.NORMAL
 
 
 class NotLeader(Exception):
@@ -307,13 +333,13 @@ class RaftCore:
         """Append ``data`` to the leader's log; returns the index it gets.
         Raises NotLeader / ProposalDropped. The entry is committed once a
         majority (the leader's own disk included) has persisted it."""
-        if self._role is not Role.LEADER:
+        if self._role is not _LEADER:
             raise NotLeader(self._leader)
         if self._lead_transferee != NONE:
             # Dissertation 3.10: the old leader stops accepting client
             # requests while it hands over.
             raise ProposalDropped(f"leadership transfer to {self._lead_transferee} in progress")
-        return self._append_entry(data, EntryType.NORMAL)
+        return self._append_entry(data, _NORMAL)
 
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read (dissertation 6.4). A ``ReadState``
@@ -392,7 +418,7 @@ class RaftCore:
         # most frequent first; "nothing to do" is the path that runs them all.
         if self._msgs or self._read_states:
             return True
-        if (self._bcast_entries or self._bcast_commit) and self._role is Role.LEADER:
+        if (self._bcast_entries or self._bcast_commit) and self._role is _LEADER:
             return True
         log = self.log
         unstable = log.unstable
@@ -452,7 +478,7 @@ class RaftCore:
         if rd.committed_entries and rd.committed_entries[-1].index > self.log.applied:
             # (A leader_ready() taken meanwhile may have applied past these.)
             self.log.applied_to(rd.committed_entries[-1].index)
-        if self._role is Role.LEADER and (rd.entries or rd.snapshot is not None):
+        if self._role is _LEADER and (rd.entries or rd.snapshot is not None):
             # The leader's own disk counts toward the majority only once the
             # entries are durable: "fsync before acknowledge" (paper 5.3).
             self_pr = self.progress[self._id]
@@ -887,7 +913,7 @@ class RaftCore:
         return index
 
     def _flush_broadcast(self) -> None:
-        if self._role is Role.LEADER and (self._bcast_entries or self._bcast_commit):
+        if (self._bcast_entries or self._bcast_commit) and self._role is _LEADER:
             for p in self.progress:
                 if p != self._id:
                     self._send_append_all(

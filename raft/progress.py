@@ -31,6 +31,12 @@ class ProgressState(enum.Enum):
     SNAPSHOT = "snapshot"
 
 
+#: Looked up once: ``is_paused`` runs before every APPEND, and an attribute
+#: lookup on an enum class is slow on Python 3.11 (see ``raft.core.MT``).
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+
+
 class Inflights:
     """The APPENDs sent but not yet acknowledged, as (last index, bytes),
     in send order. Full once either bound is reached."""
@@ -181,19 +187,20 @@ class Progress:
     def sent_entries(self, last_index: int, count: int, size: int) -> None:
         """An APPEND carrying ``count`` entries (``size`` bytes) up to
         ``last_index`` went out."""
-        if self.state is ProgressState.REPLICATE:
+        if self.state is _REPLICATE:
             if count > 0:
                 self.next = last_index + 1
                 self.inflights.add(last_index, size)
-        elif self.state is ProgressState.PROBE:
+        elif self.state is _PROBE:
             self.probe_sent = True
         else:
             raise RuntimeError("sending entries to a peer in SNAPSHOT state")
 
     def is_paused(self) -> bool:
         """Whether the leader must hold further APPENDs to this peer."""
-        if self.state is ProgressState.PROBE:
+        state = self.state
+        if state is _PROBE:
             return self.probe_sent
-        if self.state is ProgressState.REPLICATE:
+        if state is _REPLICATE:
             return self.inflights.full()
         return True

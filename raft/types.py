@@ -12,8 +12,10 @@ stand for "before the log" (the empty prefix every log shares).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 __all__ = [
     "ENTRY_OVERHEAD",
@@ -146,6 +148,83 @@ class Message:
     data: bytes = b""
     offset: int = 0
     done: bool = False
+
+    # Written out instead of generated: several messages are built per
+    # operation, and a frozen dataclass's generated __init__ stores each of
+    # the 16 fields through object.__setattr__; storing through the slot
+    # descriptors (``_MESSAGE_SETTERS``, below the class) takes about half the
+    # time. Same signature and defaults as the fields above
+    # (``_check_message_init`` verifies that at import).
+    def __init__(
+        self,
+        type: MessageType,
+        src: int,
+        dst: int,
+        term: int = 0,
+        log_term: int = 0,
+        index: int = 0,
+        entries: tuple[Entry, ...] = (),
+        commit: int = 0,
+        reject: bool = False,
+        reject_hint: int = 0,
+        reject_term: int = 0,
+        context: bytes = b"",
+        snapshot: SnapshotMeta | None = None,
+        data: bytes = b"",
+        offset: int = 0,
+        done: bool = False,
+    ) -> None:
+        (
+            set_type,
+            set_src,
+            set_dst,
+            set_term,
+            set_log_term,
+            set_index,
+            set_entries,
+            set_commit,
+            set_reject,
+            set_reject_hint,
+            set_reject_term,
+            set_context,
+            set_snapshot,
+            set_data,
+            set_offset,
+            set_done,
+        ) = _MESSAGE_SETTERS
+        set_type(self, type)
+        set_src(self, src)
+        set_dst(self, dst)
+        set_term(self, term)
+        set_log_term(self, log_term)
+        set_index(self, index)
+        set_entries(self, entries)
+        set_commit(self, commit)
+        set_reject(self, reject)
+        set_reject_hint(self, reject_hint)
+        set_reject_term(self, reject_term)
+        set_context(self, context)
+        set_snapshot(self, snapshot)
+        set_data(self, data)
+        set_offset(self, offset)
+        set_done(self, done)
+
+
+#: The slot descriptors' setters of Message's fields, in field order.
+_MESSAGE_SETTERS: tuple[Callable[[Message, Any], None], ...] = tuple(
+    getattr(Message, f.name).__set__ for f in fields(Message)
+)
+
+
+def _check_message_init() -> None:
+    params = list(inspect.signature(Message.__init__).parameters.values())[1:]
+    for f, p in zip(fields(Message), params, strict=True):
+        default = p.default if p.default is not inspect.Parameter.empty else MISSING
+        if f.name != p.name or f.default != default:
+            raise TypeError(f"Message.__init__ disagrees with field {f.name!r}")
+
+
+_check_message_init()
 
 
 class Role(enum.Enum):
