@@ -85,6 +85,18 @@ class Network:
                 if self.handle_ready(i) is not None:
                     progress = True
 
+    def flush_nodes(self, ids: Iterable[int]) -> None:
+        """Process the pending Readys of ``ids`` only (no delivery)."""
+        for i in ids:
+            while self.handle_ready(i) is not None:
+                pass
+
+    def take_queue(self, dst: int) -> list[Message]:
+        """Remove and return the queued messages addressed to ``dst``."""
+        out = [m for m in self.queue if m.dst == dst]
+        self.queue = [m for m in self.queue if m.dst != dst]
+        return out
+
     def take_messages(self) -> list[Message]:
         self.flush()
         out, self.queue = self.queue, []
