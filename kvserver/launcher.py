@@ -14,6 +14,7 @@ process behind.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,8 +33,46 @@ PROG = "raftCoreRun"
 STOP_GRACE = 5.0
 
 
+def _ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's range for outgoing connections' local ports (Linux)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return lo, hi
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """N distinct ports the kernel considers free right now."""
+    """N distinct ports free right now, for servers that bind them later.
+
+    Chosen below the kernel's ephemeral range where it is known: a port the
+    kernel hands out for ``bind(0)`` can be taken meanwhile as the local port
+    of any outgoing connection (a node's peers, a proxy, a client), and then
+    the server cannot bind it. Below that range only another listener could
+    take it."""
+    ephemeral = _ephemeral_range()
+    low = 10_000
+    if ephemeral is None or ephemeral[0] - low < 100 * n:
+        return _kernel_ports(n, host)
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(50 * n):
+        port = rng.randrange(low, ephemeral[0])
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    return _kernel_ports(n, host)
+
+
+def _kernel_ports(n: int, host: str) -> list[int]:
     sockets = []
     try:
         for _ in range(n):
