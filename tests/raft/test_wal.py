@@ -347,3 +347,20 @@ def test_wal_open_on_empty_directory(tmp_path: Path) -> None:
     assert rec.hard_state == HardState()
     assert wal.segment_paths == []
     wal.close()
+
+
+@pytest.mark.parametrize("tail", ["entry", "hard_state", "snapshot_mark"])
+def test_batch_encoding_equals_record_by_record(tail: str) -> None:
+    """encode_batch inlines the entry case (the hot path); it must frame
+    exactly as encode_record does, end-of-batch mark on the last record only."""
+    records: list[Record] = [
+        Entry(index=i, term=2, data=b"v" * i, type=EntryType.NORMAL) for i in range(1, 6)
+    ]
+    records.append(Entry(index=6, term=2, data=b"", type=EntryType.NOOP))
+    records.append({
+        "entry": Entry(index=7, term=3, data=b"last"),
+        "hard_state": HardState(term=3, vote=1, commit=5),
+        "snapshot_mark": SnapshotMark(index=4, term=2, reset=False),
+    }[tail])
+    expected = b"".join(encode_record(r, i == len(records) - 1) for i, r in enumerate(records))
+    assert encode_batch(records) == expected
