@@ -20,9 +20,9 @@ leader's fsync runs in a worker thread, so while its disk works the loop
 keeps receiving: two followers' acknowledgements commit an entry without
 the leader's disk, and everything that arrives meanwhile (many proposals,
 many acknowledgements) goes into the next ``Ready`` and is covered by one
-fsync (group commit). Any other node fsyncs on the loop: its answers wait
-for that fsync anyway, and a thread handoff per ``Ready`` only added
-latency. The core may
+fsync (group commit). Any other node fsyncs on the loop while its disk is
+fast (its answers wait for that fsync anyway, and a thread handoff per
+``Ready`` only added latency), in the worker after a slow fsync. The core may
 take ``step``/``propose`` between ``ready()`` and ``advance()`` (as etcd's
 RawNode allows), never two ``Ready``s at once.
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("raft.node")
+
+#: A non-leader fsyncs on its event loop as long as its last fsync took less
+#: than this (seconds); otherwise in the worker thread.
+_INLINE_SYNC_LIMIT = 0.005
 
 # Which responses answer which request (see module doc). A snapshot transfer
 # ends with an APPEND_RESPONSE once the snapshot is installed.
@@ -248,6 +253,8 @@ class RaftNode:
         self._readies_taken = 0
         self._persisted = storage.initial_state()[0]
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
+        #: A follower's next fsync runs on the loop (see _handle_ready, step 3).
+        self._sync_inline = True
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False  # no more input is taken
@@ -526,16 +533,19 @@ class RaftNode:
         #    followers' acks commit an entry without the leader's own disk,
         #    and whatever arrives meanwhile shares the next fsync (group
         #    commit). Anyone else answers only after this fsync anyway, so
-        #    it runs inline: a thread handoff would only add latency.
+        #    it runs inline (a thread handoff would only add latency) while
+        #    the disk is fast; after a slow fsync it moves to the worker too,
+        #    so a slow disk stalls only the drain, not the node's RPCs,
+        #    ticks and heartbeat answers.
         if needs_sync:
-            if leader:
-                synced = asyncio.get_running_loop().run_in_executor(self._io, self._storage.sync)
+            if leader or not self._sync_inline:
+                synced = asyncio.get_running_loop().run_in_executor(self._io, self._sync)
                 if send_first:
                     await self._lead_while_syncing(synced)
                 else:
                     await synced
             else:
-                self._storage.sync()
+                self._sync()
             self.metrics.saves += 1
         self.metrics.entries_persisted += len(rd.entries)
         if hs is not None:
@@ -549,6 +559,12 @@ class RaftNode:
         # 5. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)
+
+    def _sync(self) -> None:
+        """``Storage.sync``, timed: decides where the next one runs."""
+        start = time.monotonic()
+        self._storage.sync()
+        self._sync_inline = time.monotonic() - start < _INLINE_SYNC_LIMIT
 
     async def _lead_while_syncing(self, synced: asyncio.Future[None]) -> None:
         """Wait for the leader's fsync; meanwhile keep replicating: send new

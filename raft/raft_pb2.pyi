@@ -63,7 +63,7 @@ class RaftMessage(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     LOG_TERM_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
-    ENTRIES_FIELD_NUMBER: _builtins.int
+    LEGACY_ENTRIES_FIELD_NUMBER: _builtins.int
     COMMIT_FIELD_NUMBER: _builtins.int
     REJECT_FIELD_NUMBER: _builtins.int
     REJECT_HINT_FIELD_NUMBER: _builtins.int
@@ -73,6 +73,7 @@ class RaftMessage(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     type: _builtins.int
     """raft.types.MessageType"""
     src: _builtins.int
@@ -80,12 +81,6 @@ class RaftMessage(_message.Message):
     term: _builtins.int
     log_term: _builtins.int
     index: _builtins.int
-    entries: _builtins.bytes
-    """The entries, packed (raft/wire.py): per entry a 21-byte big-endian
-    header (u64 index, u64 term, u8 type, u32 data length), then the data.
-    One bytes field rather than a repeated message: converting each entry
-    to and from a protobuf object cost more than everything else per entry.
-    """
     commit: _builtins.int
     reject: _builtins.bool
     reject_hint: _builtins.int
@@ -94,6 +89,20 @@ class RaftMessage(_message.Message):
     data: _builtins.bytes
     offset: _builtins.int
     done: _builtins.bool
+    entries: _builtins.bytes
+    """The entries, packed (raft/wire.py): per entry a 21-byte big-endian
+    header (u64 index, u64 term, u8 type, u32 data length), then the data.
+    One bytes field rather than a repeated message: converting each entry
+    to and from a protobuf object cost more than everything else per entry.
+    """
+    @_builtins.property
+    def legacy_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LegacyEntry]:
+        """Field 7 carried the entries as repeated messages before they were
+        packed (field 17). Declared only so that a node of that older version
+        is refused (raft/wire.py) instead of having its entries misread: all
+        nodes of a cluster run the same version.
+        """
+
     @_builtins.property
     def snapshot(self) -> Global___SnapshotMeta:
         """set only on SNAPSHOT messages"""
@@ -107,7 +116,7 @@ class RaftMessage(_message.Message):
         term: _builtins.int = ...,
         log_term: _builtins.int = ...,
         index: _builtins.int = ...,
-        entries: _builtins.bytes = ...,
+        legacy_entries: _abc.Iterable[Global___LegacyEntry] | None = ...,
         commit: _builtins.int = ...,
         reject: _builtins.bool = ...,
         reject_hint: _builtins.int = ...,
@@ -117,14 +126,43 @@ class RaftMessage(_message.Message):
         data: _builtins.bytes = ...,
         offset: _builtins.int = ...,
         done: _builtins.bool = ...,
+        entries: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "context", b"context", "data", b"data", "done", b"done", "dst", b"dst", "entries", b"entries", "index", b"index", "log_term", b"log_term", "offset", b"offset", "reject", b"reject", "reject_hint", b"reject_hint", "reject_term", b"reject_term", "snapshot", b"snapshot", "src", b"src", "term", b"term", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "context", b"context", "data", b"data", "done", b"done", "dst", b"dst", "entries", b"entries", "index", b"index", "legacy_entries", b"legacy_entries", "log_term", b"log_term", "offset", b"offset", "reject", b"reject", "reject_hint", b"reject_hint", "reject_term", b"reject_term", "snapshot", b"snapshot", "src", b"src", "term", b"term", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RaftMessage: _TypeAlias = RaftMessage  # noqa: Y015
+
+@_typing.final
+class LegacyEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    term: _builtins.int
+    type: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        term: _builtins.int = ...,
+        type: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "term", b"term", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegacyEntry: _TypeAlias = LegacyEntry  # noqa: Y015
 
 @_typing.final
 class RaftReply(_message.Message):

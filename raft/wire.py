@@ -75,6 +75,11 @@ def message_from_pb(pb: raft_pb2.RaftMessage) -> Message:
     mtype = _MESSAGE_TYPES.get(pb.type)
     if mtype is None:
         raise ValueError(f"unknown message type {pb.type}")
+    if pb.legacy_entries:
+        raise ValueError(
+            "entries in the repeated-message encoding of field 7: the sender runs an older"
+            " version (0.1); every node of a cluster must run the same version"
+        )
     snapshot = None
     if pb.HasField("snapshot"):
         snapshot = SnapshotMeta(

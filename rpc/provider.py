@@ -470,11 +470,17 @@ class _ServerConnection(asyncio.Protocol):
             if call_id in self._expired:
                 self._expired.discard(call_id)
                 self._send_error(call_id, Status.DEADLINE_EXCEEDED, "deadline exceeded on server")
-            return  # else the connection is going away: nobody to answer
+            else:
+                # Cancelled by the handler's side (or by close(), when the
+                # answer is dropped with the connection): never leave the
+                # caller waiting.
+                self._send_error(call_id, Status.UNAVAILABLE, "call cancelled on server")
+            return
         exc = future.exception()
         if exc is not None:
-            if isinstance(exc, Exception):
-                self._handler_failed(call_id, method, exc)
+            if not isinstance(exc, Exception):
+                exc = RuntimeError(f"handler future failed with {type(exc).__name__}")
+            self._handler_failed(call_id, method, exc)
             return
         self._respond(call_id, method, future.result())
 

@@ -5,6 +5,8 @@ unit test; the real-socket clusters are in test_node_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -209,5 +211,40 @@ def test_leader_counts_itself_only_once_durable() -> None:
             assert storage.durable_last >= index, "applied before the leader's fsync"
         assert storage.syncs >= 1
         await node.stop()
+
+    run(scenario)
+
+
+class SlowSyncStorage(DeferredSyncStorage):
+    """Every fsync takes 20 ms; records which thread ran it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sync_threads: list[str] = []
+
+    def sync(self) -> None:
+        self.sync_threads.append(threading.current_thread().name)
+        time.sleep(0.02)
+        super().sync()
+
+
+def test_a_follower_with_a_slow_disk_syncs_off_its_loop() -> None:
+    """Inline while fast; after a slow fsync the worker thread takes over, so
+    the node's loop (RPCs, ticks, heartbeat answers) keeps running."""
+    async def scenario() -> None:
+        storage = SlowSyncStorage()
+        node, _ = single_node(storage, peers=frozenset({0, 1, 2}))
+        await node.start()
+        for first in (1, 4, 7):
+            entries = tuple(Entry(index=i, term=2, data=b"x") for i in range(first, first + 3))
+            append = Message(MessageType.APPEND, src=1, dst=0, term=2, log_term=2 if first > 1
+                             else 0, index=first - 1, entries=entries, commit=first - 1)
+            reply = await asyncio.wait_for(node.handle_request(append), 5)
+            assert reply is not None and not reply.reject
+            assert storage.durable_last >= reply.index
+        await node.stop()
+        main = threading.current_thread().name
+        assert storage.sync_threads[0] == main
+        assert storage.sync_threads[-1] != main, storage.sync_threads
 
     run(scenario)

@@ -59,6 +59,13 @@ def test_unknown_types_are_value_errors() -> None:
         message_from_pb(raft_pb2.RaftMessage(type=MessageType.APPEND, entries=bad_type))
 
 
+def test_entries_of_the_older_encoding_are_refused_not_misread() -> None:
+    old = raft_pb2.RaftMessage(type=MessageType.APPEND, src=1, dst=0, term=2)
+    old.legacy_entries.add(index=1, term=1, type=0, data=b"x")
+    with pytest.raises(ValueError, match="older version"):
+        message_from_pb(raft_pb2.RaftMessage.FromString(old.SerializeToString()))
+
+
 @pytest.mark.parametrize("cut", [1, 20, 22, 23, 30, 44])
 def test_truncated_packed_entries_are_value_errors(cut: int) -> None:
     blob = pack_entries([Entry(index=1, term=1, data=b"abc"), Entry(index=2, term=1, data=b"")])

@@ -115,6 +115,21 @@ async def test_deadline_cancels_the_future_and_answers_deadline_exceeded() -> No
         await provider.close()
 
 
+async def test_a_future_cancelled_by_the_handler_side_is_answered() -> None:
+    impl = FutureEcho()
+    provider = await _served(impl)
+    try:
+        async with echo_stub(provider.port) as stub:
+            call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
+            (await _next_pending(impl, 1)).cancel()
+            with pytest.raises(RpcError) as info:
+                await call
+            assert info.value.status is Status.UNAVAILABLE
+            assert "cancelled on server" in info.value.message
+    finally:
+        await provider.close()
+
+
 async def test_provider_close_cancels_pending_futures() -> None:
     impl = FutureEcho()
     provider = await _served(impl)
