@@ -255,6 +255,8 @@ class RaftNode:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
         #: A follower's next fsync runs on the loop (see _handle_ready, step 3).
         self._sync_inline = True
+        #: An fsync is running in the worker thread.
+        self._syncing = False
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False  # no more input is taken
@@ -540,10 +542,14 @@ class RaftNode:
         if needs_sync:
             if leader or not self._sync_inline:
                 synced = asyncio.get_running_loop().run_in_executor(self._io, self._sync)
-                if send_first:
-                    await self._lead_while_syncing(synced)
-                else:
-                    await synced
+                self._syncing = True
+                try:
+                    if send_first:
+                        await self._lead_while_syncing(synced)
+                    else:
+                        await synced
+                finally:
+                    self._syncing = False
             else:
                 self._sync()
             self.metrics.saves += 1
@@ -573,7 +579,15 @@ class RaftNode:
         the leader's own vote toward commit, not the cluster."""
         assert self._wake is not None
         wake = self._wake
-        synced.add_done_callback(lambda _: wake.set())
+        # If applying fails below, the drain stops (fail-stop) without
+        # awaiting the fsync: retrieve its outcome anyway, so a failed fsync
+        # is not also reported as a "never retrieved" exception.
+        def synced_done(f: asyncio.Future[None]) -> None:
+            wake.set()
+            if not f.cancelled():
+                f.exception()
+
+        synced.add_done_callback(synced_done)
         core = self._core
         persisted = self._persisted
         while not synced.done():
@@ -723,11 +737,12 @@ class RaftNode:
 
     def snapshot_now(self) -> None:
         """Snapshot the state machine at the applied index and compact the
-        log. Skipped while applied entries are not on the local disk yet (a
-        leader applies what its followers' acks commit before its own write)."""
+        log. Skipped while an fsync runs in the worker thread, and while
+        applied entries are not on the local disk yet (a leader applies what
+        its followers' acks commit before its own write)."""
         index = self._applied
-        if index <= self._snapshot_index or index > self._storage.last_index():
-            return
+        if self._syncing or index <= self._snapshot_index or index > self._storage.last_index():
+            return  # (while an fsync runs in the worker, storage is the worker's)
         data = self._fsm.snapshot()
         self._storage.create_snapshot(index, data, self.config.peers)
         self._snapshot_index = index
