@@ -451,21 +451,29 @@ class RaftCore:
             or prev_hard.commit != self.log.committed
         ):
             hard = self._prev_hard = self._hard_state()
-        committed = self.log.next_committed_entries()
-        rd = Ready(
+        messages, committed, read_states = self._take_outputs()
+        return Ready(
             soft_state=soft,
             hard_state=hard,
             entries=tuple(self.log.unstable.entries),
             snapshot=self.log.unstable.snapshot,
-            messages=tuple(self._msgs),
-            committed_entries=tuple(committed),
-            read_states=tuple(self._read_states),
+            messages=messages,
+            committed_entries=committed,
+            read_states=read_states,
         )
+
+    def _take_outputs(
+        self,
+    ) -> tuple[tuple[Message, ...], tuple[Entry, ...], tuple[ReadState, ...]]:
+        """Hand out the pending messages, the committed entries not handed
+        out yet and the read states (each exactly once)."""
+        committed = tuple(self.log.next_committed_entries())
+        out = (tuple(self._msgs), committed, tuple(self._read_states))
         self._msgs = []
         self._read_states = []
         if committed:
             self.log.accept_applying(committed[-1].index)
-        return rd
+        return out
 
     def advance(self, rd: Ready) -> None:
         """The driver persisted, sent and applied ``rd``."""
@@ -512,17 +520,8 @@ class RaftCore:
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
         self._flush_broadcast()
-        committed = self.log.next_committed_entries()
-        rd = Ready(
-            messages=tuple(self._msgs),
-            committed_entries=tuple(committed),
-            read_states=tuple(self._read_states),
-        )
-        self._msgs = []
-        self._read_states = []
-        if committed:
-            self.log.accept_applying(committed[-1].index)
-        return rd
+        messages, committed, read_states = self._take_outputs()
+        return Ready(messages=messages, committed_entries=committed, read_states=read_states)
 
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
