@@ -90,6 +90,15 @@ class KvService:
             return reply_type(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         raise exc
 
+    def _answer(self, outcome: asyncio.Future[Any], reply_type: type[R],
+                ok: Callable[[], R]) -> asyncio.Future[R]:
+        """The reply future for the node's future ``outcome``, bounded by
+        ``request_timeout`` (see ``_settle``)."""
+        self._bound(outcome)
+        reply: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(lambda f: self._settle(reply, f, reply_type, ok))
+        return reply
+
     def _settle(self, reply: asyncio.Future[R], outcome: asyncio.Future[Any],
                 reply_type: type[R], ok: Callable[[], R]) -> None:
         """Answer ``reply`` from the node's future ``outcome``: ``ok()`` on
@@ -123,8 +132,6 @@ class KvService:
             read = self._node.read_index_future()
         except (NotLeader, NodeStopped) as exc:
             return self._refusal(exc, kv_pb2.GetReply)
-        self._bound(read)
-        reply: asyncio.Future[kv_pb2.GetReply] = asyncio.get_running_loop().create_future()
         key = request.key
 
         def value() -> kv_pb2.GetReply:
@@ -135,8 +142,7 @@ class KvService:
                 return kv_pb2.GetReply(err=kv_pb2.NO_KEY, value="")
             return kv_pb2.GetReply(err=kv_pb2.OK, value=v)
 
-        read.add_done_callback(lambda f: self._settle(reply, f, kv_pb2.GetReply, value))
-        return reply
+        return self._answer(read, kv_pb2.GetReply, value)
 
     @returns_future
     def PutAppend(self, request: kv_pb2.PutAppendRequest) -> Answer[kv_pb2.PutAppendReply]:
@@ -158,12 +164,7 @@ class KvService:
             applied = self._node.propose_future(encode_command(command))
         except (NotLeader, ProposalDropped, NodeStopped) as exc:
             return self._refusal(exc, kv_pb2.PutAppendReply)
-        self._bound(applied)
-        reply: asyncio.Future[kv_pb2.PutAppendReply] = asyncio.get_running_loop().create_future()
-        applied.add_done_callback(
-            lambda f: self._settle(reply, f, kv_pb2.PutAppendReply, _put_ok)
-        )
-        return reply
+        return self._answer(applied, kv_pb2.PutAppendReply, _put_ok)
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()
