@@ -508,11 +508,8 @@ class RaftNode:
         send_first = leader and (
             hs is None or (hs.term, hs.vote) == (self._persisted.term, self._persisted.vote)
         )
-        if send_first and rd.messages:
-            for msg in rd.messages:
-                self._dispatch(msg)
-            assert self._transport is not None
-            self._transport.flush()
+        if send_first:
+            self._send_all(rd.messages)
         # 1. Write (the fsync comes in step 3).
         needs_sync = False
         if hs is not None or rd.entries or rd.snapshot is not None:
@@ -557,11 +554,8 @@ class RaftNode:
         if hs is not None:
             self._persisted = hs
         # 4. Send what promises durability (votes, acknowledgements).
-        if not send_first and rd.messages:
-            for msg in rd.messages:
-                self._dispatch(msg)
-            assert self._transport is not None
-            self._transport.flush()
+        if not send_first:
+            self._send_all(rd.messages)
         # 5. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)
@@ -601,17 +595,22 @@ class RaftNode:
             if not core.has_leader_ready():
                 continue
             rd = core.leader_ready()
-            if rd.messages:
-                for msg in rd.messages:
-                    self._dispatch(msg)
-                assert self._transport is not None
-                self._transport.flush()
+            self._send_all(rd.messages)
             self._apply_ready(rd)
             core.advance(rd)
         # Whatever woke us (input for the next Ready included) is handled by
         # the drain loop, which checks has_ready() before it waits again.
         wake.set()
         await synced
+
+    def _send_all(self, messages: tuple[Message, ...]) -> None:
+        """Dispatch ``messages`` and put them on the wire now."""
+        if not messages:
+            return
+        for msg in messages:
+            self._dispatch(msg)
+        assert self._transport is not None
+        self._transport.flush()
 
     def _dispatch(self, msg: Message) -> None:
         waiters = self._waiters.get(msg.dst)
