@@ -22,12 +22,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from google.protobuf.message import DecodeError
-
 from raft import raft_pb2
 from raft.types import Entry, Message, MessageType
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries
-from rpc import RpcChannel, RpcError, Status, returns_future
+from rpc import RpcChannel, RpcError, Status, parse_response, returns_future
 
 __all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
 
@@ -196,9 +194,9 @@ class RpcTransport:
                 log.error("node %d: send to %d failed: %r", self._id, msg.dst, exc)
             return
         try:
-            reply = raft_pb2.RaftReply.FromString(future.result())
-        except DecodeError as exc:
-            log.warning("node %d: undecodable reply from peer %d: %s", self._id, msg.dst, exc)
+            reply = parse_response(raft_pb2.RaftReply, future.result())
+        except RpcError as bad:
+            log.warning("node %d: bad reply from peer %d: %s", self._id, msg.dst, bad.message)
             return
         self._delivered(msg, reply)
 

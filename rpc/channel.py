@@ -152,7 +152,7 @@ class RpcChannel:
         when the connection is not up (or is paused for back-pressure): use
         ``call()``, which connects and waits. The future fails with
         ``RpcError`` as ``call()`` would; parse the body with
-        ``ResponseType.FromString``."""
+        ``parse_response``."""
         conn = self._conn
         if conn is None or conn.paused or conn.lost or self._closed:
             return None
