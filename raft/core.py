@@ -495,7 +495,7 @@ class RaftCore:
 
     def has_leader_ready(self) -> bool:
         """Whether ``leader_ready()`` has anything to hand out."""
-        return self._role is Role.LEADER and bool(
+        return self._role is _LEADER and bool(
             self._bcast_entries
             or self._bcast_commit
             or self._msgs
@@ -517,7 +517,7 @@ class RaftCore:
         durable are the current ones (the messages carry the term). Commit
         still counts the leader's own entries only once durable, so what is
         committed here is on a quorum's disks."""
-        if self._role is not Role.LEADER:
+        if self._role is not _LEADER:
             raise NotLeader(self._leader)
         self._flush_broadcast()
         messages, committed, read_states = self._take_outputs()
