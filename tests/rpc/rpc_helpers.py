@@ -58,7 +58,7 @@ class EchoImpl:
 
 @asynccontextmanager
 async def serving(
-    impl: EchoImpl | None = None, port: int = 0, **kwargs: Any
+    impl: object | None = None, port: int = 0, **kwargs: Any
 ) -> AsyncIterator[RpcProvider]:
     provider = RpcProvider("127.0.0.1", port, **kwargs)
     provider.register(ECHO, impl or EchoImpl())

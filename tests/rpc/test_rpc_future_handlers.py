@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from rpc import RpcError, RpcProvider, Status, returns_future
-from tests.rpc.rpc_helpers import ECHO, WAIT, EchoReply, EchoRequest, echo_stub
+from tests.rpc.rpc_helpers import ECHO, WAIT, EchoReply, EchoRequest, echo_stub, serving
 from tests.rpc.rpc_test_echo_pb2 import EchoRequest as EchoRequestType
 
 
@@ -36,13 +36,6 @@ class FutureEcho:
         return EchoReply(seq=request.seq + 1)
 
 
-async def _served(impl: FutureEcho) -> RpcProvider:
-    provider = RpcProvider("127.0.0.1", 0)
-    provider.register(ECHO, impl)
-    await provider.start()
-    return provider
-
-
 async def _next_pending(impl: FutureEcho, seq: int) -> asyncio.Future[EchoReply]:
     async def arrived() -> None:
         while seq not in impl.pending:
@@ -55,88 +48,73 @@ async def _next_pending(impl: FutureEcho, seq: int) -> asyncio.Future[EchoReply]
 
 async def test_immediate_answer_and_future_answers_out_of_order(loop_kind: str) -> None:
     impl = FutureEcho()
-    provider = await _served(impl)
-    try:
-        async with echo_stub(provider.port) as stub:
-            assert (await stub.Echo(EchoRequest(seq=7, fail="now"), timeout=WAIT)).seq == 7
-            calls = [asyncio.ensure_future(stub.Echo(EchoRequest(seq=s), timeout=WAIT))
-                     for s in (1, 2, 3)]
-            futures = [await _next_pending(impl, s) for s in (1, 2, 3)]
-            for s, f in zip((3, 1, 2), (futures[2], futures[0], futures[1]), strict=True):
-                f.set_result(EchoReply(seq=s * 10))
-            assert [(await c).seq for c in calls] == [10, 20, 30]
-            # Async handlers of the same service still work alongside.
-            assert (await stub.Other(EchoRequest(seq=1), timeout=WAIT)).seq == 2
-    finally:
-        await provider.close()
+    async with serving(impl) as provider, echo_stub(provider.port) as stub:
+        assert (await stub.Echo(EchoRequest(seq=7, fail="now"), timeout=WAIT)).seq == 7
+        calls = [asyncio.ensure_future(stub.Echo(EchoRequest(seq=s), timeout=WAIT))
+                 for s in (1, 2, 3)]
+        futures = [await _next_pending(impl, s) for s in (1, 2, 3)]
+        for s, f in zip((3, 1, 2), (futures[2], futures[0], futures[1]), strict=True):
+            f.set_result(EchoReply(seq=s * 10))
+        assert [(await c).seq for c in calls] == [10, 20, 30]
+        # Async handlers of the same service still work alongside.
+        assert (await stub.Other(EchoRequest(seq=1), timeout=WAIT)).seq == 2
 
 
 async def test_errors_raised_or_set_on_the_future_reach_the_caller() -> None:
     impl = FutureEcho()
-    provider = await _served(impl)
-    try:
-        async with echo_stub(provider.port) as stub:
-            with pytest.raises(RpcError) as info:
-                await stub.Echo(EchoRequest(fail="raise"), timeout=WAIT)
-            assert info.value.status is Status.BAD_REQUEST
-            assert "refused before any future" in info.value.message
+    async with serving(impl) as provider, echo_stub(provider.port) as stub:
+        with pytest.raises(RpcError) as info:
+            await stub.Echo(EchoRequest(fail="raise"), timeout=WAIT)
+        assert info.value.status is Status.BAD_REQUEST
+        assert "refused before any future" in info.value.message
 
-            call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
-            (await _next_pending(impl, 1)).set_exception(ValueError("disk on fire"))
-            with pytest.raises(RpcError) as info:
-                await call
-            assert info.value.status is Status.HANDLER_ERROR
-            assert "ValueError: disk on fire" in info.value.message
+        call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
+        (await _next_pending(impl, 1)).set_exception(ValueError("disk on fire"))
+        with pytest.raises(RpcError) as info:
+            await call
+        assert info.value.status is Status.HANDLER_ERROR
+        assert "ValueError: disk on fire" in info.value.message
 
-            call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=2), timeout=WAIT))
-            wrong = EchoRequest()  # not the declared response type
-            (await _next_pending(impl, 2)).set_result(wrong)  # type: ignore[arg-type]
-            with pytest.raises(RpcError) as info:
-                await call
-            assert info.value.status is Status.HANDLER_ERROR
+        call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=2), timeout=WAIT))
+        wrong = EchoRequest()  # not the declared response type
+        (await _next_pending(impl, 2)).set_result(wrong)  # type: ignore[arg-type]
+        with pytest.raises(RpcError) as info:
+            await call
+        assert info.value.status is Status.HANDLER_ERROR
 
-            # The connection kept serving through all of it.
-            assert (await stub.Echo(EchoRequest(seq=3, fail="now"), timeout=WAIT)).seq == 3
-    finally:
-        await provider.close()
+        # The connection kept serving through all of it.
+        assert (await stub.Echo(EchoRequest(seq=3, fail="now"), timeout=WAIT)).seq == 3
 
 
 async def test_deadline_cancels_the_future_and_answers_deadline_exceeded() -> None:
     impl = FutureEcho()
-    provider = await _served(impl)
-    try:
-        async with echo_stub(provider.port) as stub:
-            with pytest.raises(RpcError) as info:
-                await stub.Echo(EchoRequest(seq=1), timeout=0.05)
-            assert info.value.status is Status.DEADLINE_EXCEEDED
-            await asyncio.wait_for(impl.cancelled.wait(), WAIT)
-            assert impl.pending[1].cancelled()
-    finally:
-        await provider.close()
+    async with serving(impl) as provider, echo_stub(provider.port) as stub:
+        with pytest.raises(RpcError) as info:
+            await stub.Echo(EchoRequest(seq=1), timeout=0.05)
+        assert info.value.status is Status.DEADLINE_EXCEEDED
+        await asyncio.wait_for(impl.cancelled.wait(), WAIT)
+        assert impl.pending[1].cancelled()
 
 
 async def test_a_future_cancelled_by_the_handler_side_is_answered() -> None:
     impl = FutureEcho()
-    provider = await _served(impl)
-    try:
-        async with echo_stub(provider.port) as stub:
-            call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
-            (await _next_pending(impl, 1)).cancel()
-            with pytest.raises(RpcError) as info:
-                await call
-            assert info.value.status is Status.UNAVAILABLE
-            assert "cancelled on server" in info.value.message
-    finally:
-        await provider.close()
+    async with serving(impl) as provider, echo_stub(provider.port) as stub:
+        call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
+        (await _next_pending(impl, 1)).cancel()
+        with pytest.raises(RpcError) as info:
+            await call
+        assert info.value.status is Status.UNAVAILABLE
+        assert "cancelled on server" in info.value.message
 
 
 async def test_provider_close_cancels_pending_futures() -> None:
     impl = FutureEcho()
-    provider = await _served(impl)
+    provider_cm = serving(impl)
+    provider = await provider_cm.__aenter__()
     async with echo_stub(provider.port) as stub:
         call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
         future = await _next_pending(impl, 1)
-        await provider.close()
+        await provider_cm.__aexit__(None, None, None)
         assert future.cancelled()
         with pytest.raises(RpcError) as info:
             await call
