@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from rpc import RpcProvider
-from tests.rpc.rpc_helpers import ECHO, EchoReply, EchoRequest, RawPeer, request_frame
+from tests.rpc.rpc_helpers import EchoReply, EchoRequest, RawPeer, request_frame, serving
 from tests.rpc.rpc_test_echo_pb2 import EchoRequest as EchoRequestType
 
 
@@ -31,18 +31,15 @@ class Recorder:
 
 async def _burst(per_step: int, n: int) -> list[str]:
     impl = Recorder()
-    provider = RpcProvider("127.0.0.1", 0, max_frames_per_step=per_step)
-    provider.register(ECHO, impl)
-    await provider.start()
-    peer = await RawPeer.connect(provider.port)
-    try:
-        await peer.send(b"".join(
-            request_frame(i + 1, EchoRequest(seq=i).SerializeToString()) for i in range(n)))
-        seqs = [EchoReply.FromString((await peer.read_frame()).body).seq for _ in range(n)]
-        assert seqs == list(range(n)), "every request answered, in order"
-    finally:
-        await peer.close()
-        await provider.close()
+    async with serving(impl, max_frames_per_step=per_step) as provider:
+        peer = await RawPeer.connect(provider.port)
+        try:
+            await peer.send(b"".join(
+                request_frame(i + 1, EchoRequest(seq=i).SerializeToString()) for i in range(n)))
+            seqs = [EchoReply.FromString((await peer.read_frame()).body).seq for _ in range(n)]
+            assert seqs == list(range(n)), "every request answered, in order"
+        finally:
+            await peer.close()
     return impl.log
 
 
