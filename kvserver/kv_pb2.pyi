@@ -170,6 +170,71 @@ class PutAppendReply(_message.Message):
 Global___PutAppendReply: _TypeAlias = PutAppendReply  # noqa: Y015
 
 @_typing.final
+class BatchRequest(_message.Message):
+    """Independent operations of one client in one frame: the clerk coalesces
+    operations its coroutines issue while earlier calls are in flight. Each
+    operation is answered as if it had been sent alone (same seq rules, one
+    Raft entry per write); operations of one batch are concurrent, so no
+    order among them is promised.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GETS_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gets(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetRequest]: ...
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutAppendRequest]: ...
+    def __init__(
+        self,
+        *,
+        gets: _abc.Iterable[Global___GetRequest] | None = ...,
+        writes: _abc.Iterable[Global___PutAppendRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gets", b"gets", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRequest: _TypeAlias = BatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERR_FIELD_NUMBER: _builtins.int
+    LEADER_HINT_FIELD_NUMBER: _builtins.int
+    GETS_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    err: Global___ErrorCode.ValueType
+    """WRONG_LEADER or SHUTTING_DOWN for the whole batch (then gets and writes
+    are empty); OK when every operation has its own reply below, in request
+    order.
+    """
+    leader_hint: _builtins.int
+    @_builtins.property
+    def gets(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetReply]: ...
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutAppendReply]: ...
+    def __init__(
+        self,
+        *,
+        err: Global___ErrorCode.ValueType = ...,
+        leader_hint: _builtins.int = ...,
+        gets: _abc.Iterable[Global___GetReply] | None = ...,
+        writes: _abc.Iterable[Global___PutAppendReply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "gets", b"gets", "leader_hint", b"leader_hint", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReply: _TypeAlias = BatchReply  # noqa: Y015
+
+@_typing.final
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

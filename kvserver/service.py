@@ -29,13 +29,39 @@ log = logging.getLogger("kvserver.service")
 
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 
-R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply)
+R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply, kv_pb2.BatchReply)
 #: What a handler returns: the reply now, or a future of it.
 Answer: TypeAlias = Union[R, "asyncio.Future[R]"]
 
 
 def _put_ok() -> kv_pb2.PutAppendReply:
     return kv_pb2.PutAppendReply(err=kv_pb2.OK)
+
+
+def _now_ms() -> int:
+    # The leader's clock, carried in each entry, is what expires sessions
+    # identically on every replica (state_machine.py).
+    return int(time.time() * 1000)
+
+
+def _command(request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
+    return encode_command(kv_pb2.Command(
+        op=request.op,
+        key=request.key,
+        value=request.value,
+        client_id=request.client_id,
+        seq=request.seq,
+        ack_seq=request.ack_seq,
+        stamp_ms=stamp_ms,
+    ))
+
+
+def _outcome(future: asyncio.Future[Any]) -> BaseException | None:
+    """Why ``future`` did not succeed (a timeout if it is not even done or
+    was cancelled), None if it did."""
+    if not future.done() or future.cancelled():
+        return TimeoutError()
+    return future.exception()
 
 
 def _fail_with_timeout(futures: list[asyncio.Future[Any]]) -> None:
@@ -149,22 +175,95 @@ class KvService:
         refused = self._serving(kv_pb2.PutAppendReply)
         if refused is not None:
             return refused
-        command = kv_pb2.Command(
-            op=request.op,
-            key=request.key,
-            value=request.value,
-            client_id=request.client_id,
-            seq=request.seq,
-            ack_seq=request.ack_seq,
-            # The leader's clock, carried in the entry, is what expires
-            # sessions identically on every replica (state_machine.py).
-            stamp_ms=int(time.time() * 1000),
-        )
         try:
-            applied = self._node.propose_future(encode_command(command))
+            applied = self._node.propose_future(_command(request, _now_ms()))
         except (NotLeader, ProposalDropped, NodeStopped) as exc:
             return self._refusal(exc, kv_pb2.PutAppendReply)
         return self._answer(applied, kv_pb2.PutAppendReply, _put_ok)
+
+    @returns_future
+    def Batch(self, request: kv_pb2.BatchRequest) -> Answer[kv_pb2.BatchReply]:
+        """Many operations of one client: one Raft entry per write, proposed
+        together, and one ReadIndex round for all gets; each operation is
+        answered as ``Get``/``PutAppend`` would have, in request order."""
+        refused = self._serving(kv_pb2.BatchReply)
+        if refused is not None:
+            return refused
+        gets = request.gets
+        writes = request.writes
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            written: list[asyncio.Future[tuple[int, Any]]] = []
+            if writes:
+                stamp_ms = _now_ms()
+                written = self._node.propose_futures(
+                    [_command(w, stamp_ms) for w in writes]
+                )
+                # They settle in index order: the last settles after all.
+                pending.append(written[-1])
+            read: asyncio.Future[int] | None = None
+            if gets:
+                read = self._node.read_index_future()
+                pending.append(read)
+        except (NotLeader, ProposalDropped, NodeStopped) as exc:
+            # Nothing was proposed: propose_futures is all or none, and the
+            # read cannot fail after it (same checks). Were it otherwise, a
+            # retry with the same seqs would still apply each write once.
+            return self._refusal(exc, kv_pb2.BatchReply)
+        reply: asyncio.Future[kv_pb2.BatchReply] = asyncio.get_running_loop().create_future()
+        if not pending:
+            reply.set_result(kv_pb2.BatchReply(err=kv_pb2.OK))
+            return reply
+        keys = [g.key for g in gets]
+        outstanding = len(pending)
+
+        def settle(_: asyncio.Future[Any]) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            if outstanding or reply.done():
+                return
+            try:
+                reply.set_result(self._batch_reply(keys, read, written))
+            except Exception as err:  # handed to the provider: HANDLER_ERROR
+                reply.set_exception(err)
+
+        for future in pending:
+            self._bound(future)
+            future.add_done_callback(settle)
+        return reply
+
+    def _batch_reply(
+        self,
+        keys: list[str],
+        read: asyncio.Future[int] | None,
+        written: list[asyncio.Future[tuple[int, Any]]],
+    ) -> kv_pb2.BatchReply:
+        reply = kv_pb2.BatchReply(err=kv_pb2.OK)
+        if keys:
+            assert read is not None
+            exc = _outcome(read)
+            if exc is None:
+                # Applied up to the read index (or later): linearizable.
+                value = self._sm.get
+                add_get = reply.gets.add
+                for key in keys:
+                    v = value(key)
+                    if v is None:
+                        add_get(err=kv_pb2.NO_KEY)
+                    else:
+                        add_get(value=v)
+            else:
+                refusal = self._refusal(exc, kv_pb2.GetReply)
+                for _ in keys:
+                    reply.gets.append(refusal)
+        add_write = reply.writes.add
+        for future in written:
+            exc = _outcome(future)
+            if exc is None:
+                add_write()
+            else:
+                reply.writes.append(self._refusal(exc, kv_pb2.PutAppendReply))
+        return reply
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()

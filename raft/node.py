@@ -45,6 +45,7 @@ import logging
 import struct
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from random import Random
@@ -352,12 +353,30 @@ class RaftNode:
         path awaits. ``NotLeader``/``ProposalDropped`` raise at once. A caller
         may resolve the future itself (e.g. with a timeout); the node then
         ignores it."""
+        return self.propose_futures((data,))[0]
+
+    def propose_futures(
+        self, datas: Sequence[bytes]
+    ) -> list[asyncio.Future[tuple[int, Any]]]:
+        """Propose several entries at once (consecutive indexes), one future
+        each, as ``propose_future``. All or none are proposed: the checks
+        that raise cannot change in between. The futures settle in index
+        order, so once the last is done all are, unless a caller resolved
+        some of them itself."""
         self._check_running()
-        index = self._core.propose(data)
-        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _Proposal(self._core.term, future)
+        core = self._core
+        propose = core.propose
+        term = core.term
+        create_future = asyncio.get_running_loop().create_future
+        proposals = self._proposals
+        futures: list[asyncio.Future[tuple[int, Any]]] = []
+        for data in datas:
+            index = propose(data)
+            future: asyncio.Future[tuple[int, Any]] = create_future()
+            proposals[index] = _Proposal(term, future)
+            futures.append(future)
         self._schedule_drain()
-        return future
+        return futures
 
     async def read_index(self) -> int:
         """Wait until a linearizable read may be served from the local state

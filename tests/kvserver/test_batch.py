@@ -1,0 +1,193 @@
+"""``KvServer.Batch`` and the clerk's coalescing, on an in-process cluster
+(three ``KvNode``s: real TCP on 127.0.0.1, real files with fsync)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clerk import AsyncClerk
+from clerk.client import MAX_BATCH, _settle_batch
+from kvserver import kv_pb2
+from kvserver.config import format_config, parse_config
+from kvserver.launcher import free_ports
+from kvserver.server import KvNode, KvNodeOptions
+from kvserver.service import KV_SERVICE, KvService
+from rpc import RpcChannel, RpcError, Status, Stub
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 20.0
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, request_timeout: float = 2.0) -> AsyncIterator[list[KvNode]]:
+    config = parse_config(format_config([("127.0.0.1", p) for p in free_ports(3)]))
+    nodes = [KvNode(config, i, KvNodeOptions(tmp_path / f"n{i}", request_timeout=request_timeout))
+             for i in range(3)]
+    try:
+        for node in nodes:
+            await node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+async def leader_of(nodes: list[KvNode]) -> KvNode:
+    async with asyncio.timeout(WAIT):
+        while True:
+            for node in nodes:
+                if node.node.is_leader:
+                    return node
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def stub_for(node: KvNode) -> AsyncIterator[Any]:
+    channel = RpcChannel(node.address.host, node.address.port)
+    try:
+        yield Stub(channel, KV_SERVICE)
+    finally:
+        await channel.close()
+
+
+def put(key: str, value: str, seq: int, *, client_id: int = 7,
+        op: int = kv_pb2.PUT) -> kv_pb2.PutAppendRequest:
+    return kv_pb2.PutAppendRequest(key=key, value=value, op=op,  # type: ignore[arg-type]
+                                   client_id=client_id, seq=seq, ack_seq=1)
+
+
+async def test_batch_answers_each_operation_in_request_order(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await leader_of(nodes)
+        async with stub_for(leader) as stub:
+            first = await stub.Batch(kv_pb2.BatchRequest(
+                writes=[put("a", "1", 1), put("b", "2", 2), put("a", "+", 3, op=kv_pb2.APPEND)],
+                gets=[kv_pb2.GetRequest(key="missing")],
+            ), timeout=WAIT)
+            assert first.err == kv_pb2.OK
+            assert [w.err for w in first.writes] == [kv_pb2.OK] * 3
+            assert [g.err for g in first.gets] == [kv_pb2.NO_KEY]
+            second = await stub.Batch(kv_pb2.BatchRequest(
+                gets=[kv_pb2.GetRequest(key=k) for k in ("b", "missing", "a")],
+            ), timeout=WAIT)
+            assert [(g.err, g.value) for g in second.gets] == [
+                (kv_pb2.OK, "2"), (kv_pb2.NO_KEY, ""), (kv_pb2.OK, "1+")]
+            assert not second.writes
+            # The writes were one Raft entry each.
+            assert leader.node.status().applied >= 3
+
+
+async def test_a_retried_batch_applies_each_write_once(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await leader_of(nodes)
+        batch = kv_pb2.BatchRequest(writes=[
+            put("log", "x", 1, op=kv_pb2.APPEND), put("log", "y", 2, op=kv_pb2.APPEND)])
+        async with stub_for(leader) as stub:
+            for _ in range(2):  # the first reply "lost": the clerk sends it again
+                reply = await stub.Batch(batch, timeout=WAIT)
+                assert [w.err for w in reply.writes] == [kv_pb2.OK, kv_pb2.OK]
+            got = await stub.Batch(kv_pb2.BatchRequest(gets=[kv_pb2.GetRequest(key="log")]),
+                                   timeout=WAIT)
+        assert got.gets[0].value in ("xy", "yx") and len(got.gets[0].value) == 2
+
+
+async def test_a_follower_refuses_the_whole_batch_with_a_hint(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await leader_of(nodes)
+        follower = next(n for n in nodes if n is not leader)
+        async with asyncio.timeout(WAIT):  # the follower learns who leads
+            while follower.node.leader != leader.id:
+                await asyncio.sleep(0.01)
+        async with stub_for(follower) as stub:
+            reply = await stub.Batch(kv_pb2.BatchRequest(
+                writes=[put("k", "v", 1)], gets=[kv_pb2.GetRequest(key="k")]), timeout=WAIT)
+        assert (reply.err, reply.leader_hint) == (kv_pb2.WRONG_LEADER, leader.id)
+        assert not reply.writes and not reply.gets
+
+
+async def test_a_leader_without_quorum_answers_every_operation_not_ok(tmp_path: Path) -> None:
+    async with cluster(tmp_path, request_timeout=0.2) as nodes:
+        leader = await leader_of(nodes)
+        for node in nodes:
+            if node is not leader:
+                await node.stop()
+        async with stub_for(leader) as stub:
+            reply = await stub.Batch(kv_pb2.BatchRequest(
+                writes=[put("k", str(i), i + 1) for i in range(3)],
+                gets=[kv_pb2.GetRequest(key="k")] * 2), timeout=WAIT)
+    if reply.err == kv_pb2.OK:  # (else it had stepped down already: refused whole)
+        assert len(reply.writes) == 3 and len(reply.gets) == 2
+        errs = {r.err for r in [*reply.writes, *reply.gets]}
+        assert errs <= {kv_pb2.TIMEOUT, kv_pb2.WRONG_LEADER}, errs
+    else:
+        assert reply.err == kv_pb2.WRONG_LEADER
+
+
+def _counting_batches(calls: list[int]) -> Callable[[Any], Any]:
+    original = KvService.Batch
+
+    @functools.wraps(original)  # keeps the @returns_future mark
+    def batch(self: KvService, request: kv_pb2.BatchRequest) -> Any:
+        calls.append(len(request.gets) + len(request.writes))
+        return original(self, request)
+
+    return batch
+
+
+async def test_one_clerks_concurrent_operations_travel_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(KvService, "Batch", _counting_batches(calls))
+    workers = 2 * MAX_BATCH
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        async with AsyncClerk(nodes[0].config.addresses, timeout=WAIT) as ck:
+            await ck.put("warm", "up")  # alone: a plain PutAppend
+
+            async def worker(w: int) -> None:
+                for i in range(5):
+                    await ck.append(f"k{w % 8}", f"{w}.{i};")
+                    assert f"{w}.{i};" in await ck.get(f"k{w % 8}")
+
+            await asyncio.gather(*(worker(w) for w in range(workers)))
+            values = [await ck.get(f"k{k}") for k in range(8)]
+    assert calls, "no Batch call was made"
+    assert max(calls) <= MAX_BATCH
+    assert sum(calls) > workers  # most operations went in batches
+    # Every append landed exactly once.
+    pieces = sorted(p for v in values for p in v.split(";") if p)
+    assert pieces == sorted(f"{w}.{i}" for w in range(workers) for i in range(5))
+
+
+def test_a_batch_reply_that_does_not_match_fails_every_operation() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future()),
+               ("PutAppend", put("b", "1", 1), loop.create_future())]
+        call = loop.create_future()
+        call.set_result(kv_pb2.BatchReply(
+            gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
+        _settle_batch(ops, kv_pb2.BatchReply, call)
+        for _, _, future in ops:
+            exc = future.exception()
+            assert isinstance(exc, RpcError) and exc.status is Status.HANDLER_ERROR
+
+        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future()),
+               ("PutAppend", put("b", "1", 1), loop.create_future())]
+        refused = loop.create_future()
+        refused.set_result(kv_pb2.BatchReply(
+            err=kv_pb2.WRONG_LEADER, leader_hint=2).SerializeToString())
+        _settle_batch(ops, kv_pb2.BatchReply, refused)
+        for _, _, future in ops:
+            assert (future.result().err, future.result().leader_hint) == (kv_pb2.WRONG_LEADER, 2)
+    finally:
+        loop.close()
