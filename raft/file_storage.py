@@ -116,6 +116,8 @@ class FileStorage(StoredLog):
         self._fsync = fsync
         self._failed: str | None = None
         self._closed = False
+        #: A commit-only change of the hard state not written yet (see save).
+        self._hard_state_unwritten = False
         self._lock = self._lock_dir()
         try:
             self._open(segment_bytes)
@@ -283,18 +285,27 @@ class FileStorage(StoredLog):
         if install is not None:
             records.append(SnapshotMark(install.meta.index, install.meta.term, reset=True))
         records.extend(new)
-        if hard_state is not None and hard_state != self._hard_state:
-            records.append(hard_state)
-        if not records:
-            return False
         # Only entries, a snapshot, a term or a vote are promises to others
         # (etcd's MustSync); a commit index alone can be relearned from the
-        # leader, so it rides along unsynced until the next sync.
+        # leader, so it is not synced, and not even written on its own: it
+        # rides along with the next write (or close). A leader's commit
+        # advances in a Ready of its own, and that write was on the path
+        # from a follower's acknowledgement to the client's answer.
         must_sync = bool(new) or install is not None or (
             hard_state is not None
             and (hard_state.term, hard_state.vote)
             != (self._hard_state.term, self._hard_state.vote)
         )
+        if hard_state is not None and hard_state != self._hard_state:
+            if not records and not must_sync:
+                self._hard_state = hard_state
+                self._hard_state_unwritten = True
+                return False
+            records.append(hard_state)
+        elif self._hard_state_unwritten and records:
+            records.append(self._hard_state)
+        if not records:
+            return False
         try:
             if install is not None:
                 # The file first: the WAL record naming it must never be
@@ -313,6 +324,7 @@ class FileStorage(StoredLog):
             self._entries.extend(new)
         if hard_state is not None:
             self._hard_state = hard_state
+        self._hard_state_unwritten = False
         if install is not None:
             self._cleanup(old_snap)
         return must_sync and not sync
@@ -388,6 +400,14 @@ class FileStorage(StoredLog):
             return
         self._closed = True
         try:
+            if self._hard_state_unwritten and self._failed is None:
+                # A clean stop keeps the latest commit index (unsynced: it
+                # may be relearned anyway, so a failure here loses nothing).
+                try:
+                    self._wal.write([self._hard_state], self._wal_state(), sync=False)
+                except OSError as e:
+                    log.warning("%s: commit index not written at close: %s",
+                                self._dir, _describe(e))
             self._wal.close()
         finally:
             self._lock.release()

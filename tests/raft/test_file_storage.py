@@ -126,6 +126,36 @@ def test_nothing_to_do_costs_nothing() -> None:
     assert ops(fs, n) == []
 
 
+def test_a_commit_alone_rides_along_with_the_next_write() -> None:
+    fs = CrashingFileSystem()
+    s = FileStorage("/d", fs=fs)
+    s.save(HardState(1, 0, 0), ents(1, 3))
+    n = len(fs.trace)
+    assert s.save(HardState(1, 0, 2), [], sync=False) is False  # nothing to sync
+    assert ops(fs, n) == []  # and nothing written
+    s.save(None, ents(4, 4))
+    assert ops(fs, n) == ["write", "sync"]
+    with FileStorage("/d", fs=CrashingFileSystem(fs.image())) as after_crash:
+        assert after_crash.initial_state()[0] == HardState(1, 0, 2)
+        assert after_crash.last_index() == 4
+    s.save(HardState(1, 0, 4), [])
+    with FileStorage("/d", fs=CrashingFileSystem(fs.image())) as after_crash:
+        # Lost in a crash: it is relearned from the leader.
+        assert after_crash.initial_state()[0] == HardState(1, 0, 2)
+    s.close()  # a clean stop writes it (no reboot: the same files)
+    with FileStorage("/d", fs=fs) as reopened:
+        assert reopened.initial_state()[0] == HardState(1, 0, 4)
+
+
+def test_a_new_term_or_vote_is_written_and_synced_at_once() -> None:
+    fs = CrashingFileSystem()
+    s = FileStorage("/d", fs=fs)
+    s.save(HardState(1, 0, 0), ents(1, 1))
+    n = len(fs.trace)
+    assert s.save(HardState(2, 3, 0), [], sync=False) is True
+    assert ops(fs, n) == ["write"]
+
+
 def test_fsync_false_never_syncs() -> None:
     fs = CrashingFileSystem()
     s = FileStorage("/d", fs=fs, fsync=False, segment_bytes=100)

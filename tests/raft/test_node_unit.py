@@ -248,3 +248,23 @@ def test_a_follower_with_a_slow_disk_syncs_off_its_loop() -> None:
         assert storage.sync_threads[-1] != main, storage.sync_threads
 
     run(scenario)
+
+
+def test_a_leader_with_a_slow_disk_syncs_off_its_loop() -> None:
+    """The same rule for a leader: its own fsync moves to the worker thread
+    after a slow one (it then replicates while syncing), and it still counts
+    itself only once durable."""
+    async def scenario() -> None:
+        storage = SlowSyncStorage()
+        node, _ = single_node(storage)
+        await node.start()
+        await until(lambda: node.is_leader)
+        for i in range(5):
+            index, _ = await node.propose(b"v%d" % i)
+            assert storage.durable_last >= index, "applied before the leader's fsync"
+        await node.stop()
+        main = threading.current_thread().name
+        assert storage.sync_threads[0] == main
+        assert storage.sync_threads[-1] != main, storage.sync_threads
+
+    run(scenario)
