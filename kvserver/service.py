@@ -14,14 +14,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeAlias, TypeVar, Union
+from typing import Any, TypeAlias, TypeVar
 
 from kvserver import kv_pb2
 from kvserver.state_machine import KvStateMachine, encode_command
 from raft.core import NotLeader, ProposalDropped
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
-from rpc import DeadlineBuckets, returns_future
+from rpc import DeadlineBuckets, Promise, returns_future
 
 __all__ = ["KV_SERVICE", "KvService"]
 
@@ -31,7 +31,7 @@ KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 
 R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply, kv_pb2.BatchReply)
 #: What a handler returns: the reply now, or a future of it.
-Answer: TypeAlias = Union[R, "asyncio.Future[R]"]
+Answer: TypeAlias = R | Promise[R]
 
 
 def _put_ok() -> kv_pb2.PutAppendReply:
@@ -56,7 +56,7 @@ def _command(request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
     ))
 
 
-def _outcome(future: asyncio.Future[Any]) -> BaseException | None:
+def _outcome(future: Promise[Any]) -> BaseException | None:
     """Why ``future`` did not succeed (a timeout if it is not even done or
     was cancelled), None if it did."""
     if not future.done() or future.cancelled():
@@ -64,16 +64,17 @@ def _outcome(future: asyncio.Future[Any]) -> BaseException | None:
     return future.exception()
 
 
-def _fail_with_timeout(futures: list[asyncio.Future[Any]]) -> None:
+def _fail_with_timeout(futures: list[Promise[Any]]) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(TimeoutError())
 
 
 class KvService:
-    """Get and PutAppend answer from a future of the Raft node (no coroutine
-    or Task per request: ``returns_future``); each waits at most
-    ``request_timeout`` and then answers TIMEOUT."""
+    """Get, PutAppend and Batch answer from a ``Promise`` of the Raft node
+    (no coroutine or Task per request: ``returns_future``), so a reply is
+    written the moment the node applies its entry or confirms its read;
+    each waits at most ``request_timeout`` and then answers TIMEOUT."""
 
     def __init__(
         self,
@@ -88,9 +89,9 @@ class KvService:
         self._address = address
         self.request_timeout = request_timeout
         self.shutting_down = False
-        self._deadlines: DeadlineBuckets[asyncio.Future[Any]] | None = None
+        self._deadlines: DeadlineBuckets[Promise[Any]] | None = None
 
-    def _bound(self, future: asyncio.Future[Any]) -> None:
+    def _bound(self, future: Promise[Any]) -> None:
         """Fail ``future`` with TimeoutError after ``request_timeout``. Shared
         timers in 5 ms slots rather than a ``call_later`` per request or
         ``asyncio.wait_for`` (a Task per request): this is the hot path. The
@@ -116,16 +117,16 @@ class KvService:
             return reply_type(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         raise exc
 
-    def _answer(self, outcome: asyncio.Future[Any], reply_type: type[R],
-                ok: Callable[[], R]) -> asyncio.Future[R]:
+    def _answer(self, outcome: Promise[Any], reply_type: type[R],
+                ok: Callable[[], R]) -> Promise[R]:
         """The reply future for the node's future ``outcome``, bounded by
         ``request_timeout`` (see ``_settle``)."""
         self._bound(outcome)
-        reply: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        reply: Promise[R] = Promise()
         outcome.add_done_callback(lambda f: self._settle(reply, f, reply_type, ok))
         return reply
 
-    def _settle(self, reply: asyncio.Future[R], outcome: asyncio.Future[Any],
+    def _settle(self, reply: Promise[R], outcome: Promise[Any],
                 reply_type: type[R], ok: Callable[[], R]) -> None:
         """Answer ``reply`` from the node's future ``outcome``: ``ok()`` on
         success, the matching refusal on a known failure, and anything else
@@ -191,9 +192,9 @@ class KvService:
             return refused
         gets = request.gets
         writes = request.writes
-        pending: list[asyncio.Future[Any]] = []
+        pending: list[Promise[Any]] = []
         try:
-            written: list[asyncio.Future[tuple[int, Any]]] = []
+            written: list[Promise[tuple[int, Any]]] = []
             if writes:
                 stamp_ms = _now_ms()
                 written = self._node.propose_futures(
@@ -201,7 +202,7 @@ class KvService:
                 )
                 # They settle in index order: the last settles after all.
                 pending.append(written[-1])
-            read: asyncio.Future[int] | None = None
+            read: Promise[int] | None = None
             if gets:
                 read = self._node.read_index_future()
                 pending.append(read)
@@ -210,14 +211,14 @@ class KvService:
             # read cannot fail after it (same checks). Were it otherwise, a
             # retry with the same seqs would still apply each write once.
             return self._refusal(exc, kv_pb2.BatchReply)
-        reply: asyncio.Future[kv_pb2.BatchReply] = asyncio.get_running_loop().create_future()
+        reply: Promise[kv_pb2.BatchReply] = Promise()
         if not pending:
             reply.set_result(kv_pb2.BatchReply(err=kv_pb2.OK))
             return reply
         keys = [g.key for g in gets]
         outstanding = len(pending)
 
-        def settle(_: asyncio.Future[Any]) -> None:
+        def settle(_: Promise[Any]) -> None:
             nonlocal outstanding
             outstanding -= 1
             if outstanding or reply.done():
@@ -235,8 +236,8 @@ class KvService:
     def _batch_reply(
         self,
         keys: list[str],
-        read: asyncio.Future[int] | None,
-        written: list[asyncio.Future[tuple[int, Any]]],
+        read: Promise[int] | None,
+        written: list[Promise[tuple[int, Any]]],
     ) -> kv_pb2.BatchReply:
         reply = kv_pb2.BatchReply(err=kv_pb2.OK)
         if keys:

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 from raft.core import Config, NotLeader, RaftCore, Ready
 from raft.storage import Storage
 from raft.types import Entry, EntryType, Message, MessageType, Role, Snapshot
+from rpc import Promise
 
 __all__ = [
     "LeadershipLost",
@@ -175,7 +176,7 @@ class NodeMetrics:
 @dataclass(slots=True)
 class _Waiter:
     accepts: frozenset[MessageType]
-    future: asyncio.Future[Message | None]
+    future: Promise[Message | None]
     #: How many Readys had been taken when the request was stepped: the
     #: response, if any, is in the next one.
     readies_before: int
@@ -184,17 +185,17 @@ class _Waiter:
 @dataclass(slots=True)
 class _Proposal:
     term: int
-    future: asyncio.Future[tuple[int, Any]]
+    future: Promise[tuple[int, Any]]
 
 
 @dataclass(slots=True)
 class _Reads:
     # context -> future waiting for its ReadState
-    by_context: dict[bytes, list[asyncio.Future[int]]] = field(default_factory=dict)
+    by_context: dict[bytes, list[Promise[int]]] = field(default_factory=dict)
     # reads not yet handed to the core: they will share one quorum round
-    batch: list[asyncio.Future[int]] = field(default_factory=list)
+    batch: list[Promise[int]] = field(default_factory=list)
     # (read index, future) released once applied >= read index
-    waiting_apply: deque[tuple[int, asyncio.Future[int]]] = field(default_factory=deque)
+    waiting_apply: deque[tuple[int, Promise[int]]] = field(default_factory=deque)
 
 
 class RaftNode:
@@ -324,11 +325,11 @@ class RaftNode:
         self._core.step(msg)
         self._schedule_drain()
 
-    def handle_request(self, msg: Message) -> asyncio.Future[Message | None]:
+    def handle_request(self, msg: Message) -> Promise[Message | None]:
         """A request from a peer; the future of the core's response to it,
         resolved only after what it depends on is durable (None if the core
         ignored it). A plain future, no coroutine: the replication path."""
-        future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+        future: Promise[Message | None] = Promise()
         if self._stopped:
             future.set_result(None)
             return future
@@ -349,7 +350,7 @@ class RaftNode:
         hint), ``ProposalDropped``, ``LeadershipLost`` or ``NodeStopped``."""
         return await self.propose_future(data)
 
-    def propose_future(self, data: bytes) -> asyncio.Future[tuple[int, Any]]:
+    def propose_future(self, data: bytes) -> Promise[tuple[int, Any]]:
         """``propose`` as a plain future (no coroutine, no Task): what a hot
         path awaits. ``NotLeader``/``ProposalDropped`` raise at once. A caller
         may resolve the future itself (e.g. with a timeout); the node then
@@ -358,7 +359,7 @@ class RaftNode:
 
     def propose_futures(
         self, datas: Sequence[bytes]
-    ) -> list[asyncio.Future[tuple[int, Any]]]:
+    ) -> list[Promise[tuple[int, Any]]]:
         """Propose several entries at once (consecutive indexes), one future
         each, as ``propose_future``. All or none are proposed: the checks
         that raise cannot change in between. The futures settle in index
@@ -368,12 +369,11 @@ class RaftNode:
         core = self._core
         propose = core.propose
         term = core.term
-        create_future = asyncio.get_running_loop().create_future
         proposals = self._proposals
-        futures: list[asyncio.Future[tuple[int, Any]]] = []
+        futures: list[Promise[tuple[int, Any]]] = []
         for data in datas:
             index = propose(data)
-            future: asyncio.Future[tuple[int, Any]] = create_future()
+            future: Promise[tuple[int, Any]] = Promise()
             proposals[index] = _Proposal(term, future)
             futures.append(future)
         self._schedule_drain()
@@ -386,7 +386,7 @@ class RaftNode:
         timeout (a partitioned leader never gets its quorum round)."""
         return await self.read_index_future()
 
-    def read_index_future(self) -> asyncio.Future[int]:
+    def read_index_future(self) -> Promise[int]:
         """``read_index`` as a plain future; see ``propose_future``."""
         self._check_running()
         if self._core.role is not Role.LEADER:
@@ -394,7 +394,7 @@ class RaftNode:
         # Reads arriving together share one heartbeat round (etcd batches
         # them the same way): the round confirms leadership as of its start,
         # which is after every one of these reads began.
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: Promise[int] = Promise()
         self._reads.batch.append(future)
         self._schedule_drain()
         return future
@@ -643,8 +643,8 @@ class RaftNode:
         if waiters:
             for w in waiters:
                 if msg.type in w.accepts and not w.future.done():
-                    w.future.set_result(msg)
                     waiters.remove(w)
+                    w.future.set_result(msg)  # answers the call right here
                     return
         if msg.type in _RESPONSES:
             assert self._transport is not None
@@ -708,10 +708,10 @@ class RaftNode:
             self._log.info("node %d became leader in term %d", self.id, self._core.term)
 
     def _fail_proposals(self, exc: Exception) -> None:
-        for proposal in self._proposals.values():
+        proposals, self._proposals = self._proposals, {}
+        for proposal in proposals.values():
             if not proposal.future.done():
                 proposal.future.set_exception(exc)
-        self._proposals.clear()
 
     def _fail_leader_work(self, leader: int) -> None:
         self._fail_proposals(LeadershipLost(f"node {self.id} lost leadership; outcome unknown"))
@@ -720,7 +720,7 @@ class RaftNode:
         # Reads already confirmed by a quorum stay valid: their index was
         # current when confirmed, and serving them after applying is safe.
 
-    def _unconfirmed_reads(self) -> list[asyncio.Future[int]]:
+    def _unconfirmed_reads(self) -> list[Promise[int]]:
         """Take every read whose quorum round has not completed."""
         futures = [f for batch in self._reads.by_context.values() for f in batch]
         futures += self._reads.batch

@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from raft import raft_pb2
 from raft.types import Entry, Message, MessageType
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries
-from rpc import RpcChannel, RpcError, Status, parse_response, returns_future
+from rpc import Promise, RpcChannel, RpcError, Status, parse_response, returns_future
 
 __all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
 
@@ -42,18 +43,17 @@ _ALLOWED: dict[str, frozenset[MessageType]] = {
 
 class RaftService:
     """The receiving side: implements raftRpc for an ``RpcProvider``. Each
-    method answers with a future (``returns_future``): no coroutine or Task
-    per message on the replication path."""
+    method answers with a ``Promise`` (``returns_future``): no coroutine or
+    Task per message on the replication path, and the reply is written the
+    moment the node settles its response (after its fsync)."""
 
     def __init__(
-        self, node_id: int, handler: Callable[[Message], asyncio.Future[Message | None]]
+        self, node_id: int, handler: Callable[[Message], Promise[Message | None]]
     ) -> None:
         self._id = node_id
         self._handler = handler
 
-    def _handle(
-        self, method: str, request: raft_pb2.RaftMessage
-    ) -> asyncio.Future[raft_pb2.RaftReply]:
+    def _handle(self, method: str, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
         try:
             msg = message_from_pb(request)
         except ValueError as exc:
@@ -64,31 +64,30 @@ class RaftService:
                 f"{method} cannot carry {msg.type.name} for node {msg.dst} (this is {self._id})"
             )
         response = self._handler(msg)
-        reply: asyncio.Future[raft_pb2.RaftReply] = asyncio.get_running_loop().create_future()
-        response.add_done_callback(lambda f: _settle(reply, f))
+        reply: Promise[raft_pb2.RaftReply] = Promise()
+        response.add_done_callback(partial(_settle, reply))
         return reply
 
     @returns_future
-    def AppendEntries(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+    def AppendEntries(self, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
         return self._handle("AppendEntries", request)
 
     @returns_future
-    def RequestVote(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+    def RequestVote(self, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
         return self._handle("RequestVote", request)
 
     @returns_future
     def InstallSnapshot(
         self, request: raft_pb2.RaftMessage
-    ) -> asyncio.Future[raft_pb2.RaftReply]:
+    ) -> Promise[raft_pb2.RaftReply]:
         return self._handle("InstallSnapshot", request)
 
     @returns_future
-    def TimeoutNow(self, request: raft_pb2.RaftMessage) -> asyncio.Future[raft_pb2.RaftReply]:
+    def TimeoutNow(self, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
         return self._handle("TimeoutNow", request)
 
 
-def _settle(reply: asyncio.Future[raft_pb2.RaftReply],
-            response: asyncio.Future[Message | None]) -> None:
+def _settle(reply: Promise[raft_pb2.RaftReply], response: Promise[Message | None]) -> None:
     """Answer the call with the node's response (zero or one message)."""
     if reply.done():
         return  # the call was given up (deadline, connection lost)

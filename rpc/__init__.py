@@ -27,6 +27,7 @@ when it is installed.
 """
 
 from rpc._deadlines import DeadlineBuckets
+from rpc._promise import Promise
 from rpc.channel import RpcChannel, parse_response
 from rpc.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.loop import install_uvloop, run
@@ -36,6 +37,7 @@ from rpc.stub import Stub, UnaryMethod, make_stub
 __all__ = [
     "DeadlineBuckets",
     "LocalProtocolError",
+    "Promise",
     "ProtocolError",
     "RemoteProtocolError",
     "RpcChannel",

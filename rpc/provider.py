@@ -11,14 +11,18 @@ pipelined echo requests to a connection in memory, eager dispatch handled
 call. `RpcProvider(eager=False)` gives every handler a Task from the start.
 
 A hot path can go further with a plain method marked `@returns_future`: it
-returns the response, or an `asyncio.Future` of it, and the provider writes
-the response from the future's done callback: no coroutine, no Task, no
-extra loop step (the KV and Raft services answer this way, because their
-answer comes from a future of the Raft node anyway).
+returns the response, or an `asyncio.Future` or `rpc.Promise` of it, and the
+provider writes the response from the future's done callback: no coroutine,
+no Task (the KV and Raft services answer this way, because their answer
+comes from the Raft node anyway). A `Promise` runs that callback the moment
+it is settled, so the response is written then, without a loop iteration
+per hand it passes through.
 
 Responses produced while a chunk is being processed are written with a single
-`transport.write` at the end of the chunk; responses of suspended handlers are
-coalesced per loop iteration (`call_soon` flush).
+`transport.write` at the end of the chunk. Of the responses finished later,
+the first of a loop iteration is written at once (a follower's answer to its
+leader, a sequential client's reply: nothing would join it), and the rest
+of that iteration are coalesced into one write (`call_soon` flush).
 
 Failure policy (ARCHITECTURE.md, rpc/):
 * unknown service/method, undecodable body: an error response, connection kept;
@@ -39,7 +43,7 @@ import inspect
 import logging
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, Union, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -53,6 +57,7 @@ from rpc._codec import (
     encode_ok_response,
 )
 from rpc._deadlines import DeadlineBuckets
+from rpc._promise import Promise
 from rpc.errors import LocalProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.rpc_pb2 import RESPONSE, Header
 
@@ -70,12 +75,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def returns_future(fn: F) -> F:
     """Mark a plain (non-async) handler that returns its response message
-    or an ``asyncio.Future`` of it. The provider answers from the future's
+    or an ``asyncio.Future`` or ``Promise`` of it. The provider answers from the future's
     done callback; a handler error is reported as for async handlers (an
     exception raised or set on the future). When the call's deadline passes
     or its connection goes away, the provider cancels the future."""
     setattr(fn, _FUTURE_MARK, True)
     return fn
+
+
+#: What a call in flight waits for.
+_Pending = Union["asyncio.Future[Any]", Promise[Any]]
 
 
 class _Method(NamedTuple):
@@ -266,8 +275,8 @@ class _ServerConnection(asyncio.Protocol):
         self._peer: object = None
         # Calls in flight: the Task of a suspended async handler, or the
         # future a @returns_future handler returned.
-        self._tasks: dict[int, asyncio.Future[Any]] = {}
-        self._deadlines: DeadlineBuckets[tuple[int, asyncio.Future[Any]]] = DeadlineBuckets(
+        self._tasks: dict[int, _Pending] = {}
+        self._deadlines: DeadlineBuckets[tuple[int, _Pending]] = DeadlineBuckets(
             self._loop, self._expire
         )
         self._expired: set[int] = set()
@@ -452,7 +461,7 @@ class _ServerConnection(asyncio.Protocol):
         except Exception as exc:
             self._handler_failed(call_id, method, exc)
             return
-        if not isinstance(result, asyncio.Future):
+        if not isinstance(result, (Promise, asyncio.Future)):
             self._respond(call_id, method, result)
             return
         if result.done():
@@ -463,7 +472,7 @@ class _ServerConnection(asyncio.Protocol):
         if timeout_ms:
             self._deadlines.add(timeout_ms / 1000.0, (call_id, result))
 
-    def _future_done(self, call_id: int, method: _Method, future: asyncio.Future[Any]) -> None:
+    def _future_done(self, call_id: int, method: _Method, future: _Pending) -> None:
         if self._tasks.get(call_id) is future:
             del self._tasks[call_id]
         if future.cancelled():
@@ -507,7 +516,7 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._send(frame)
 
-    def _expire(self, items: list[tuple[int, asyncio.Future[Any]]]) -> None:
+    def _expire(self, items: list[tuple[int, _Pending]]) -> None:
         tasks = self._tasks
         for call_id, task in items:
             # Identity check: a finished call's id may have been reused since.
@@ -529,11 +538,16 @@ class _ServerConnection(asyncio.Protocol):
     def _send(self, frame: bytes) -> None:
         if self._closed:
             return
-        self._out.append(frame)
-        if not self._in_chunk and not self._flush_scheduled:
-            # Coalesce responses finishing in the same loop iteration.
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if self._in_chunk or self._flush_scheduled:
+            self._out.append(frame)
+            return
+        # The first response finished outside a chunk in this loop iteration
+        # goes out now; the flush scheduled here coalesces any that follow
+        # in the same iteration.
+        if self._transport is not None:
+            self._transport.write(frame)
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -563,10 +577,11 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.close()
 
     def shutdown(self) -> list[asyncio.Future[Any]]:
-        """Cancel in-flight handlers and close; returns the cancelled tasks."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
+        """Cancel in-flight handlers and close; returns the cancelled tasks
+        (a cancelled ``Promise`` has nothing left to wait for)."""
+        pending = list(self._tasks.values())
+        for task in pending:
             task.cancel()
         self._flush()
         self._close_transport()
-        return tasks
+        return [t for t in pending if isinstance(t, asyncio.Future)]

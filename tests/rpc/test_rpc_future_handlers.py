@@ -1,5 +1,6 @@
 """Handlers marked ``@returns_future``: plain methods that answer now or with
-a future (the KV and Raft services' hot path), over real sockets."""
+an ``asyncio.Future`` or an ``rpc.Promise`` (the KV and Raft services' hot
+path), over real sockets. Every test runs with both kinds."""
 
 from __future__ import annotations
 
@@ -7,26 +8,35 @@ import asyncio
 
 import pytest
 
-from rpc import RpcError, RpcProvider, Status, returns_future
+from rpc import Promise, RpcError, RpcProvider, Status, returns_future
 from tests.rpc.rpc_helpers import ECHO, WAIT, EchoReply, EchoRequest, echo_stub, serving
 from tests.rpc.rpc_test_echo_pb2 import EchoRequest as EchoRequestType
 
+Pending = asyncio.Future[EchoReply] | Promise[EchoReply]
+
+
+@pytest.fixture(params=["future", "promise"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
 
 class FutureEcho:
-    """Echo answering through futures the test resolves by hand."""
+    """Echo answering through futures (or promises) the test resolves by hand."""
 
-    def __init__(self) -> None:
-        self.pending: dict[int, asyncio.Future[EchoReply]] = {}
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.pending: dict[int, Pending] = {}
         self.arrived = asyncio.Event()
         self.cancelled = asyncio.Event()
 
     @returns_future
-    def Echo(self, request: EchoRequestType) -> EchoReply | asyncio.Future[EchoReply]:
+    def Echo(self, request: EchoRequestType) -> EchoReply | Pending:
         if request.fail == "now":
             return EchoReply(seq=request.seq)  # answered at once, no future
         if request.fail == "raise":
             raise RpcError(Status.BAD_REQUEST, "refused before any future")
-        future: asyncio.Future[EchoReply] = asyncio.get_running_loop().create_future()
+        future: Pending = (asyncio.get_running_loop().create_future() if self.kind == "future"
+                           else Promise())
         future.add_done_callback(lambda f: self.cancelled.set() if f.cancelled() else None)
         self.pending[request.seq] = future
         self.arrived.set()
@@ -36,7 +46,7 @@ class FutureEcho:
         return EchoReply(seq=request.seq + 1)
 
 
-async def _next_pending(impl: FutureEcho, seq: int) -> asyncio.Future[EchoReply]:
+async def _next_pending(impl: FutureEcho, seq: int) -> Pending:
     async def arrived() -> None:
         while seq not in impl.pending:
             impl.arrived.clear()
@@ -46,8 +56,8 @@ async def _next_pending(impl: FutureEcho, seq: int) -> asyncio.Future[EchoReply]
     return impl.pending[seq]
 
 
-async def test_immediate_answer_and_future_answers_out_of_order(loop_kind: str) -> None:
-    impl = FutureEcho()
+async def test_immediate_answer_and_future_answers_out_of_order(loop_kind: str, kind: str) -> None:
+    impl = FutureEcho(kind)
     async with serving(impl) as provider, echo_stub(provider.port) as stub:
         assert (await stub.Echo(EchoRequest(seq=7, fail="now"), timeout=WAIT)).seq == 7
         calls = [asyncio.ensure_future(stub.Echo(EchoRequest(seq=s), timeout=WAIT))
@@ -60,8 +70,8 @@ async def test_immediate_answer_and_future_answers_out_of_order(loop_kind: str) 
         assert (await stub.Other(EchoRequest(seq=1), timeout=WAIT)).seq == 2
 
 
-async def test_errors_raised_or_set_on_the_future_reach_the_caller() -> None:
-    impl = FutureEcho()
+async def test_errors_raised_or_set_on_the_future_reach_the_caller(kind: str) -> None:
+    impl = FutureEcho(kind)
     async with serving(impl) as provider, echo_stub(provider.port) as stub:
         with pytest.raises(RpcError) as info:
             await stub.Echo(EchoRequest(fail="raise"), timeout=WAIT)
@@ -86,8 +96,8 @@ async def test_errors_raised_or_set_on_the_future_reach_the_caller() -> None:
         assert (await stub.Echo(EchoRequest(seq=3, fail="now"), timeout=WAIT)).seq == 3
 
 
-async def test_deadline_cancels_the_future_and_answers_deadline_exceeded() -> None:
-    impl = FutureEcho()
+async def test_deadline_cancels_the_future_and_answers_deadline_exceeded(kind: str) -> None:
+    impl = FutureEcho(kind)
     async with serving(impl) as provider, echo_stub(provider.port) as stub:
         with pytest.raises(RpcError) as info:
             await stub.Echo(EchoRequest(seq=1), timeout=0.05)
@@ -96,8 +106,8 @@ async def test_deadline_cancels_the_future_and_answers_deadline_exceeded() -> No
         assert impl.pending[1].cancelled()
 
 
-async def test_a_future_cancelled_by_the_handler_side_is_answered() -> None:
-    impl = FutureEcho()
+async def test_a_future_cancelled_by_the_handler_side_is_answered(kind: str) -> None:
+    impl = FutureEcho(kind)
     async with serving(impl) as provider, echo_stub(provider.port) as stub:
         call = asyncio.ensure_future(stub.Echo(EchoRequest(seq=1), timeout=WAIT))
         (await _next_pending(impl, 1)).cancel()
@@ -107,8 +117,8 @@ async def test_a_future_cancelled_by_the_handler_side_is_answered() -> None:
         assert "cancelled on server" in info.value.message
 
 
-async def test_provider_close_cancels_pending_futures() -> None:
-    impl = FutureEcho()
+async def test_provider_close_cancels_pending_futures(kind: str) -> None:
+    impl = FutureEcho(kind)
     provider_cm = serving(impl)
     provider = await provider_cm.__aenter__()
     async with echo_stub(provider.port) as stub:
