@@ -46,8 +46,9 @@ _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutA
 #: in lockstep; two batches in flight overlap.
 MAX_BATCH = 64
 
-#: An operation waiting for its batch: (method, request, future of its reply).
-_Queued = tuple[str, Any, "asyncio.Future[Any]"]
+#: An operation waiting for its batch: (method, request, future of its reply,
+#: its RPC timeout).
+_Queued = tuple[str, Any, "asyncio.Future[Any]", float]
 
 
 class ClerkError(Exception):
@@ -204,23 +205,24 @@ class AsyncClerk:
         future: asyncio.Future[Any] = loop.create_future()
         queue = self._queued[server]
         if not queue:
-            loop.call_soon(self._send_queued, server, timeout)
-        queue.append((method, request, future))
+            loop.call_soon(self._send_queued, server)
+        queue.append((method, request, future, timeout))
         return future
 
-    def _send_queued(self, server: int, timeout: float) -> None:
+    def _send_queued(self, server: int) -> None:
         queue = [op for op in self._queued[server] if not op[2].done()]  # skip cancelled
         self._queued[server] = []
         for start in range(0, len(queue), MAX_BATCH):
             ops = queue[start:start + MAX_BATCH]
+            timeout = min(op[3] for op in ops)
             if len(ops) == 1:
-                method, request, _ = ops[0]
+                method, request, _, _ = ops[0]
                 body_type = _REPLY_TYPES[method]
             else:
                 method = "Batch"
                 request = kv_pb2.BatchRequest(
-                    gets=[r for m, r, _ in ops if m == "Get"],
-                    writes=[r for m, r, _ in ops if m == "PutAppend"],
+                    gets=[r for m, r, _, _ in ops if m == "Get"],
+                    writes=[r for m, r, _, _ in ops if m == "PutAppend"],
                 )
                 body_type = kv_pb2.BatchReply
             call = self._channels[server].start_call(
@@ -257,15 +259,15 @@ def _settle_batch(
             replies = [reply] * len(ops)
         else:
             gets, writes = iter(reply.gets), iter(reply.writes)
-            replies = [next(gets if m == "Get" else writes, None) for m, _, _ in ops]
+            replies = [next(gets if m == "Get" else writes, None) for m, _, _, _ in ops]
             if None in replies or next(gets, None) is not None or next(writes, None) is not None:
                 raise RpcError(Status.HANDLER_ERROR, "Batch reply does not match the request")
     except RpcError as exc:
-        for _, _, future in ops:
+        for _, _, future, _ in ops:
             if not future.done():
                 future.set_exception(RpcError(exc.status, exc.message))
         return
-    for (_, _, future), one in zip(ops, replies, strict=True):
+    for (_, _, future, _), one in zip(ops, replies, strict=True):
         if not future.done():
             future.set_result(one)
 

@@ -171,23 +171,23 @@ async def test_one_clerks_concurrent_operations_travel_in_batches(
 def test_a_batch_reply_that_does_not_match_fails_every_operation() -> None:
     loop = asyncio.new_event_loop()
     try:
-        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future()),
-               ("PutAppend", put("b", "1", 1), loop.create_future())]
+        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1.0),
+               ("PutAppend", put("b", "1", 1), loop.create_future(), 1.0)]
         call = loop.create_future()
         call.set_result(kv_pb2.BatchReply(
             gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
         _settle_batch(ops, kv_pb2.BatchReply, call)
-        for _, _, future in ops:
+        for _, _, future, _ in ops:
             exc = future.exception()
             assert isinstance(exc, RpcError) and exc.status is Status.HANDLER_ERROR
 
-        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future()),
-               ("PutAppend", put("b", "1", 1), loop.create_future())]
+        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1.0),
+               ("PutAppend", put("b", "1", 1), loop.create_future(), 1.0)]
         refused = loop.create_future()
         refused.set_result(kv_pb2.BatchReply(
             err=kv_pb2.WRONG_LEADER, leader_hint=2).SerializeToString())
         _settle_batch(ops, kv_pb2.BatchReply, refused)
-        for _, _, future in ops:
+        for _, _, future, _ in ops:
             assert (future.result().err, future.result().leader_hint) == (kv_pb2.WRONG_LEADER, 2)
     finally:
         loop.close()
