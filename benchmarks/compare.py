@@ -9,8 +9,10 @@ Everything runs on 127.0.0.1 on this machine, 3 replicas each:
                ``kvserver.launcher.Cluster`` in a temp dir; load from this
                process with ``AsyncClerk``: ``ours`` shares ONE clerk between
                all N concurrent coroutines (one connection to the leader,
-               requests multiplexed); ``ours-Nclerks`` gives every coroutine
-               its own clerk (N connections, like N separate clients).
+               requests multiplexed, and those issued while others are in
+               flight coalesced into ``Batch`` calls); ``ours-Nclerks`` gives
+               every coroutine its own clerk (N connections, like N separate
+               clients, nothing batched).
 * pysyncobj -- 3 processes of benchmarks/peers/pso_node.py (a ``ReplDict``);
                PySyncObj has no network client, so the load runs inside the
                leader's process (see pso_node.py). Rows: in memory with

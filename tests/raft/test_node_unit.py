@@ -198,21 +198,24 @@ def test_follower_answers_only_what_is_durable() -> None:
     run(scenario)
 
 
+async def propose_on_a_single_node(storage: DeferredSyncStorage, count: int) -> None:
+    """Propose ``count`` entries one by one; each must be durable (on the
+    leader's disk, its whole quorum) by the time it is applied."""
+    node, _ = single_node(storage)
+    await node.start()
+    await until(lambda: node.is_leader)
+    for i in range(count):
+        index, _ = await node.propose(b"v%d" % i)
+        assert storage.durable_last >= index, "applied before the leader's fsync"
+    await node.stop()
+
+
 def test_leader_counts_itself_only_once_durable() -> None:
     """A single-node leader commits (and answers the proposer) only after its
     own fsync: with no peers, its disk is the whole quorum."""
-    async def scenario() -> None:
-        storage = DeferredSyncStorage()
-        node, _ = single_node(storage)
-        await node.start()
-        await until(lambda: node.is_leader)
-        for i in range(20):
-            index, _ = await node.propose(b"v%d" % i)
-            assert storage.durable_last >= index, "applied before the leader's fsync"
-        assert storage.syncs >= 1
-        await node.stop()
-
-    run(scenario)
+    storage = DeferredSyncStorage()
+    run(lambda: propose_on_a_single_node(storage, 20))
+    assert storage.syncs >= 1
 
 
 class SlowSyncStorage(DeferredSyncStorage):
@@ -254,17 +257,8 @@ def test_a_leader_with_a_slow_disk_syncs_off_its_loop() -> None:
     """The same rule for a leader: its own fsync moves to the worker thread
     after a slow one (it then replicates while syncing), and it still counts
     itself only once durable."""
-    async def scenario() -> None:
-        storage = SlowSyncStorage()
-        node, _ = single_node(storage)
-        await node.start()
-        await until(lambda: node.is_leader)
-        for i in range(5):
-            index, _ = await node.propose(b"v%d" % i)
-            assert storage.durable_last >= index, "applied before the leader's fsync"
-        await node.stop()
-        main = threading.current_thread().name
-        assert storage.sync_threads[0] == main
-        assert storage.sync_threads[-1] != main, storage.sync_threads
-
-    run(scenario)
+    storage = SlowSyncStorage()
+    run(lambda: propose_on_a_single_node(storage, 5))
+    main = threading.current_thread().name
+    assert storage.sync_threads[0] == main
+    assert storage.sync_threads[-1] != main, storage.sync_threads
