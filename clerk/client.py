@@ -15,10 +15,12 @@ Many operations of one ``AsyncClerk`` may be in flight at once; all share one
 connection per server. An operation issued while none of the clerk's others
 is outstanding goes out at once as its own ``Get``/``PutAppend`` call; ones
 issued while others are in flight are coalesced, per event-loop iteration,
-into ``Batch`` calls of up to ``MAX_BATCH`` operations (each still one Raft
-entry per write, with its own seq, and its own reply). This costs the
-coroutines nothing (they were going to wait anyway) and saves the frame,
-the dispatch and the reply per operation on the leader and here.
+into ``Batch`` calls of up to ``MAX_BATCH`` operations and ``MAX_BATCH_BYTES``
+(each still one Raft entry per write, with its own seq, and its own reply).
+This costs the coroutines nothing (they were going to wait anyway) and
+saves the frame, the dispatch and the reply per operation on the leader
+and here. A batch that cannot be sent or answered as a whole (a frame over
+the size limit) is sent again operation by operation.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from kvserver import kv_pb2
 from kvserver.config import load_config
-from rpc import RpcChannel, RpcError, Status, Stub, parse_response
+from rpc import LocalProtocolError, RpcChannel, RpcError, Status, Stub, parse_response
 
 __all__ = ["MAX_BATCH", "AsyncClerk", "Clerk", "ClerkError", "ClerkTimeout"]
 
@@ -46,9 +48,12 @@ _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutA
 #: in lockstep; two batches in flight overlap.
 MAX_BATCH = 64
 
+#: Most bytes of requests per ``Batch`` call (a lone larger one goes alone).
+MAX_BATCH_BYTES = 1 << 20
+
 #: An operation waiting for its batch: (method, request, future of its reply,
-#: its RPC timeout).
-_Queued = tuple[str, Any, "asyncio.Future[Any]", float]
+#: request size in bytes).
+_Queued = tuple[str, Any, "asyncio.Future[Any]", int]
 
 
 class ClerkError(Exception):
@@ -178,12 +183,13 @@ class AsyncClerk:
 
     async def _call(self, server: int, method: str, request: Any, timeout: float) -> Any:
         """One attempt of an operation at ``server``: its reply; raises
-        ``RpcError``. Alone, it is sent at once; else it joins a batch."""
+        ``RpcError``. Alone, it is sent at once; else it joins a batch
+        (unless its time is nearly up: a batch waits ``rpc_timeout``)."""
         outstanding = self._outstanding
         outstanding[server] += 1
         try:
-            if outstanding[server] > 1 or self._queued[server]:
-                return await self._enqueue(server, method, request, timeout)
+            if (outstanding[server] > 1 or self._queued[server]) and timeout >= self.rpc_timeout:
+                return await self._enqueue(server, method, request)
             # Connected: send now and await the reply's future (no coroutine
             # per call); otherwise the stub connects first.
             call = self._channels[server].start_call(
@@ -195,81 +201,109 @@ class AsyncClerk:
         finally:
             outstanding[server] -= 1
 
-    def _enqueue(
-        self, server: int, method: str, request: Any, timeout: float
-    ) -> asyncio.Future[Any]:
+    def _enqueue(self, server: int, method: str, request: Any) -> asyncio.Future[Any]:
         """Queue an operation for the next ``Batch`` call to ``server`` (sent
         once the coroutines running in this loop iteration had their turn);
-        the future of its reply, or of the ``RpcError`` that ended its call."""
+        the future of its reply, or of the error that ended its call."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         queue = self._queued[server]
         if not queue:
             loop.call_soon(self._send_queued, server)
-        queue.append((method, request, future, timeout))
+        queue.append((method, request, future, request.ByteSize()))
         return future
 
     def _send_queued(self, server: int) -> None:
         queue = [op for op in self._queued[server] if not op[2].done()]  # skip cancelled
         self._queued[server] = []
-        for start in range(0, len(queue), MAX_BATCH):
-            ops = queue[start:start + MAX_BATCH]
-            timeout = min(op[3] for op in ops)
-            if len(ops) == 1:
-                method, request, _, _ = ops[0]
-                body_type = _REPLY_TYPES[method]
-            else:
-                method = "Batch"
-                request = kv_pb2.BatchRequest(
-                    gets=[r for m, r, _, _ in ops if m == "Get"],
-                    writes=[r for m, r, _, _ in ops if m == "PutAppend"],
-                )
-                body_type = kv_pb2.BatchReply
-            call = self._channels[server].start_call(
-                _SERVICE_NAME, method, request, timeout=timeout
-            )
-            if call is None:  # (re)connecting or paused: the stub waits for it
-                call = asyncio.ensure_future(
-                    self._channels[server].call(
-                        _SERVICE_NAME, method, request, body_type, timeout=timeout
-                    )
-                )
-                call.add_done_callback(partial(_settle_batch, ops, None))
-            else:
-                call.add_done_callback(partial(_settle_batch, ops, body_type))
+        start = 0
+        while start < len(queue):
+            end = start + 1
+            size = queue[start][3]
+            while (end < len(queue) and end - start < MAX_BATCH
+                   and size + queue[end][3] <= MAX_BATCH_BYTES):
+                size += queue[end][3]
+                end += 1
+            self._send_ops(server, queue[start:end])
+            start = end
 
-
-def _settle_batch(
-    ops: list[_Queued], body_type: type[Any] | None, call: asyncio.Future[Any]
-) -> None:
-    """Hand each queued operation its reply from ``call``'s: a single
-    operation's reply, or its element of a ``BatchReply`` (a whole-batch
-    refusal, WRONG_LEADER or SHUTTING_DOWN, is every operation's reply: it
-    has the ``err`` and ``leader_hint`` the retry loop looks at). ``call``
-    delivers raw bytes to parse with ``body_type``, or (None) a message."""
-    try:
-        if call.cancelled():
-            raise RpcError(Status.UNAVAILABLE, "call cancelled")
-        reply = call.result()
-        if body_type is not None:
-            reply = parse_response(body_type, reply)
+    def _send_ops(self, server: int, ops: list[_Queued]) -> None:
+        """Send ``ops`` in one call: a lone operation as its own method,
+        several as a ``Batch``."""
         if len(ops) == 1:
-            replies = [reply]
-        elif reply.err != kv_pb2.OK:
-            replies = [reply] * len(ops)
+            method, request, _, _ = ops[0]
+            body_type = _REPLY_TYPES[method]
         else:
-            gets, writes = iter(reply.gets), iter(reply.writes)
-            replies = [next(gets if m == "Get" else writes, None) for m, _, _, _ in ops]
-            if None in replies or next(gets, None) is not None or next(writes, None) is not None:
-                raise RpcError(Status.HANDLER_ERROR, "Batch reply does not match the request")
-    except RpcError as exc:
+            method = "Batch"
+            request = kv_pb2.BatchRequest(
+                gets=[r for m, r, _, _ in ops if m == "Get"],
+                writes=[r for m, r, _, _ in ops if m == "PutAppend"],
+            )
+            body_type = kv_pb2.BatchReply
+        channel = self._channels[server]
+        try:
+            call = channel.start_call(_SERVICE_NAME, method, request, timeout=self.rpc_timeout)
+        except Exception as exc:  # a frame above the limit: LocalProtocolError
+            self._batch_failed(server, ops, exc)
+            return
+        if call is not None:
+            call.add_done_callback(partial(self._settle, server, ops, body_type))
+            return
+        # (Re)connecting or paused: the channel's call waits for it.
+        task = asyncio.ensure_future(
+            channel.call(_SERVICE_NAME, method, request, body_type, timeout=self.rpc_timeout)
+        )
+        task.add_done_callback(partial(self._settle, server, ops, None))
+
+    def _settle(self, server: int, ops: list[_Queued], body_type: type[Any] | None,
+                call: asyncio.Future[Any]) -> None:
+        """Hand each operation its reply from ``call``'s: a lone
+        operation's reply, or its element of a ``BatchReply`` (a whole-batch
+        refusal, WRONG_LEADER or SHUTTING_DOWN, is every operation's reply:
+        it has the ``err`` and ``leader_hint`` the retry loop looks at).
+        ``call`` delivers raw bytes to parse with ``body_type``, or (None) a
+        message."""
+        try:
+            if call.cancelled():
+                raise RpcError(Status.UNAVAILABLE, "call cancelled")
+            reply = call.result()
+            if body_type is not None:
+                reply = parse_response(body_type, reply)
+            if len(ops) == 1:
+                replies = [reply]
+            elif reply.err != kv_pb2.OK:
+                replies = [reply] * len(ops)
+            else:
+                gets, writes = iter(reply.gets), iter(reply.writes)
+                replies = [next(gets if m == "Get" else writes, None) for m, _, _, _ in ops]
+                if (None in replies or next(gets, None) is not None
+                        or next(writes, None) is not None):
+                    raise RpcError(Status.HANDLER_ERROR, "Batch reply does not match the request")
+        except Exception as exc:
+            self._batch_failed(server, ops, exc)
+            return
+        for (_, _, future, _), one in zip(ops, replies, strict=True):
+            if not future.done():
+                future.set_result(one)
+
+    def _batch_failed(self, server: int, ops: list[_Queued], exc: Exception) -> None:
+        """A call failed: a batch that could not be sent or answered as a
+        whole (a frame or reply above the size limit, a reply that does not
+        match) is sent again operation by operation, so that each gets its
+        own answer; otherwise the operations fail with the call's error
+        (their retry loop decides what next)."""
+        whole_batch = isinstance(exc, LocalProtocolError) or (
+            isinstance(exc, RpcError) and exc.status is Status.HANDLER_ERROR)
+        if len(ops) > 1 and whole_batch:
+            for op in ops:
+                if not op[2].done():
+                    self._send_ops(server, [op])
+            return
         for _, _, future, _ in ops:
             if not future.done():
-                future.set_exception(RpcError(exc.status, exc.message))
-        return
-    for (_, _, future, _), one in zip(ops, replies, strict=True):
-        if not future.done():
-            future.set_result(one)
+                # Each operation its own exception object (tracebacks differ).
+                future.set_exception(
+                    RpcError(exc.status, exc.message) if isinstance(exc, RpcError) else exc)
 
 
 class Clerk:

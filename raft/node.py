@@ -410,7 +410,7 @@ class RaftNode:
             self._core.read_index(context)
         except NotLeader as exc:
             for f in batch:
-                f.set_exception(NotLeader(exc.leader))
+                _fail(f, NotLeader(exc.leader))
             return
         self._reads.by_context[context] = batch
 
@@ -670,9 +670,8 @@ class RaftNode:
         self.metrics.snapshots_installed += 1
         for index in [i for i in self._proposals if i <= snapshot.meta.index]:
             # Overtaken by a snapshot: we cannot tell what was at that index.
-            self._proposals.pop(index).future.set_exception(
-                LeadershipLost(f"entry {index} was replaced by a snapshot")
-            )
+            _fail(self._proposals.pop(index).future,
+                  LeadershipLost(f"entry {index} was replaced by a snapshot"))
         self._log.info("node %d installed snapshot at index %d term %d",
                        self.id, snapshot.meta.index, snapshot.meta.term)
 
@@ -710,13 +709,12 @@ class RaftNode:
     def _fail_proposals(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
         for proposal in proposals.values():
-            if not proposal.future.done():
-                proposal.future.set_exception(exc)
+            _fail(proposal.future, exc)
 
     def _fail_leader_work(self, leader: int) -> None:
         self._fail_proposals(LeadershipLost(f"node {self.id} lost leadership; outcome unknown"))
         for future in self._unconfirmed_reads():
-            future.set_exception(NotLeader(leader))
+            _fail(future, NotLeader(leader))
         # Reads already confirmed by a quorum stay valid: their index was
         # current when confirmed, and serving them after applying is safe.
 
@@ -731,11 +729,10 @@ class RaftNode:
     def _fail_pending(self, exc: Exception) -> None:
         self._fail_proposals(exc)
         for future in self._unconfirmed_reads():
-            future.set_exception(exc)
-        for _, future in self._reads.waiting_apply:
-            if not future.done():
-                future.set_exception(exc)
-        self._reads.waiting_apply.clear()
+            _fail(future, exc)
+        waiting, self._reads.waiting_apply = self._reads.waiting_apply, deque()
+        for _, future in waiting:
+            _fail(future, exc)
         self._release_waiters(self._readies_taken + 1)  # every request: empty reply
 
     # -- snapshots ---------------------------------------------------------------
@@ -778,3 +775,11 @@ class RaftNode:
             self._storage.compact(compact_to)
         self._log.info("node %d snapshot at index %d (%d bytes), log from %d",
                        self.id, index, len(data), self._storage.first_index())
+
+
+def _fail(promise: Promise[Any], exc: BaseException) -> None:
+    """Fail ``promise`` unless it is settled already: a caller may have
+    given up on it (a timeout), and a synchronous callback of another
+    promise may have settled it meanwhile."""
+    if not promise.done():
+        promise.set_exception(exc)

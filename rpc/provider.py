@@ -376,7 +376,9 @@ class _ServerConnection(asyncio.Protocol):
         self._deadlines.cancel_all()
         if self._tasks:
             log.debug("connection from %s lost, cancelling %d calls", self._peer, len(self._tasks))
-            for task in self._tasks.values():
+            # A copy: cancelling a Promise answers its call at once, which
+            # removes it from _tasks.
+            for task in list(self._tasks.values()):
                 task.cancel()
         self._out.clear()
 

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from clerk import AsyncClerk
-from clerk.client import MAX_BATCH, _settle_batch
+from clerk.client import MAX_BATCH, MAX_BATCH_BYTES
 from kvserver import kv_pb2
 from kvserver.config import format_config, parse_config
 from kvserver.launcher import free_ports
 from kvserver.server import KvNode, KvNodeOptions
 from kvserver.service import KV_SERVICE, KvService
-from rpc import RpcChannel, RpcError, Status, Stub
+from rpc import LocalProtocolError, RpcChannel, RpcError, Status, Stub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,26 +168,70 @@ async def test_one_clerks_concurrent_operations_travel_in_batches(
     assert pieces == sorted(f"{w}.{i}" for w in range(workers) for i in range(5))
 
 
-def test_a_batch_reply_that_does_not_match_fails_every_operation() -> None:
+async def test_a_mismatched_batch_reply_is_retried_operation_by_operation() -> None:
+    ck = AsyncClerk([("127.0.0.1", 1)])
+    resent: list[list[str]] = []
+    ck._send_ops = lambda server, ops: resent.append([m for m, _, _, _ in ops])  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
+           ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
+    call = loop.create_future()
+    call.set_result(kv_pb2.BatchReply(
+        gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
+    ck._settle(0, ops, kv_pb2.BatchReply, call)
+    assert resent == [["Get"], ["PutAppend"]]
+    assert not any(op[2].done() for op in ops)
+
+    refused = loop.create_future()
+    refused.set_result(kv_pb2.BatchReply(
+        err=kv_pb2.WRONG_LEADER, leader_hint=2).SerializeToString())
+    ck._settle(0, ops, kv_pb2.BatchReply, refused)
+    for _, _, future, _ in ops:
+        assert (future.result().err, future.result().leader_hint) == (kv_pb2.WRONG_LEADER, 2)
+
+    lone = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1)]
+    failed = loop.create_future()
+    failed.set_exception(RpcError(Status.DEADLINE_EXCEEDED, "late"))
+    ck._settle(0, lone, kv_pb2.GetReply, failed)
+    exc = lone[0][2].exception()
+    assert isinstance(exc, RpcError) and exc.status is Status.DEADLINE_EXCEEDED
+    await ck.close()
+
+
+def test_queued_operations_are_split_by_count_and_bytes() -> None:
+    ck = AsyncClerk([("127.0.0.1", 1)])
+    sizes: list[int] = []
+    ck._send_ops = lambda server, ops: sizes.append(len(ops))  # type: ignore[method-assign]
     loop = asyncio.new_event_loop()
     try:
-        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1.0),
-               ("PutAppend", put("b", "1", 1), loop.create_future(), 1.0)]
-        call = loop.create_future()
-        call.set_result(kv_pb2.BatchReply(
-            gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
-        _settle_batch(ops, kv_pb2.BatchReply, call)
-        for _, _, future, _ in ops:
-            exc = future.exception()
-            assert isinstance(exc, RpcError) and exc.status is Status.HANDLER_ERROR
-
-        ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1.0),
-               ("PutAppend", put("b", "1", 1), loop.create_future(), 1.0)]
-        refused = loop.create_future()
-        refused.set_result(kv_pb2.BatchReply(
-            err=kv_pb2.WRONG_LEADER, leader_hint=2).SerializeToString())
-        _settle_batch(ops, kv_pb2.BatchReply, refused)
-        for _, _, future, _ in ops:
-            assert (future.result().err, future.result().leader_hint) == (kv_pb2.WRONG_LEADER, 2)
+        big = MAX_BATCH_BYTES // 3
+        ck._queued[0] = [("PutAppend", None, loop.create_future(), big) for _ in range(4)]
+        ck._queued[0] += [("Get", None, loop.create_future(), 10) for _ in range(MAX_BATCH + 5)]
+        ck._send_queued(0)
     finally:
         loop.close()
+    # 3 big ones fill a batch; the 4th starts the next, which takes Gets up
+    # to MAX_BATCH operations.
+    assert sizes == [3, MAX_BATCH, 6]
+
+
+async def test_operations_too_large_for_one_frame_together_go_one_by_one(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        async with AsyncClerk(nodes[0].config.addresses, timeout=WAIT) as ck:
+            await ck.put("warm", "up")
+            for channel in ck._channels:
+                channel.max_frame_size = 4096
+            # Five 3000-byte values: each fits in a frame, no two together do.
+            await asyncio.gather(*(ck.put(f"big{i}", str(i) * 3000) for i in range(5)))
+            assert [len(await ck.get(f"big{i}")) for i in range(5)] == [3000] * 5
+            # One that fits in no frame fails at once, as it would alone
+            # (queued behind the first put, it went in a batch first).
+            results = await asyncio.gather(
+                ck.put("small", "y"), ck.put("huge", "x" * 5000), ck.put("s2", "z"),
+                return_exceptions=True)
+            assert results[0] is None and results[2] is None
+            assert isinstance(results[1], LocalProtocolError)
+            assert await ck.get("s2") == "z" and await ck.get("huge") == ""

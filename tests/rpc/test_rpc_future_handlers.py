@@ -131,6 +131,28 @@ async def test_provider_close_cancels_pending_futures(kind: str) -> None:
         assert info.value.status is Status.UNAVAILABLE
 
 
+async def test_a_client_going_away_cancels_every_pending_future(kind: str) -> None:
+    impl = FutureEcho(kind)
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+    async with serving(impl) as provider:
+        async with echo_stub(provider.port) as stub:
+            calls = [asyncio.ensure_future(stub.Echo(EchoRequest(seq=s), timeout=WAIT))
+                     for s in (1, 2, 3)]
+            futures = [await _next_pending(impl, s) for s in (1, 2, 3)]
+        # The channel closed with the calls in flight: the server cancels them all.
+        for call in calls:
+            with pytest.raises(RpcError):
+                await call
+
+        async def all_cancelled() -> None:
+            while not all(f.cancelled() for f in futures):
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(all_cancelled(), WAIT)
+    assert errors == []
+
+
 def test_a_plain_method_must_be_marked() -> None:
     class Unmarked:
         def Echo(self, request: EchoRequestType) -> EchoReply:
