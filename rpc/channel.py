@@ -342,11 +342,18 @@ class _ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            # Requests from every task that runs in this iteration share one write.
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if self._flush_scheduled:
+            self._out.append(frame)
+            return
+        # The first request of a loop iteration goes out now (a sequential
+        # caller's only one: no iteration lost before the write); requests
+        # from the tasks that run later in this iteration share the write
+        # scheduled here.
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
