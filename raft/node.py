@@ -17,9 +17,9 @@ the next ``Ready`` and is covered by one fsync (group commit). Messages
 that promise nothing about our disk (a leader's appends) are put on the
 wire first, so the followers work while we write. The fsync runs on the
 loop while the disk is fast: a thread handoff per ``Ready`` cost more
-than it saved. After a slow fsync the next ones run in a worker thread
-until one is fast again, so a slow disk stalls the drain, not the node's
-RPCs, ticks and heartbeat answers; then committed entries are applied
+than it saved. After a slow fsync the next ones run in a worker thread,
+for at least ``_SLOW_DISK_HOLD`` seconds and until one is fast again, so
+a slow disk stalls the drain, not the node's RPCs, ticks and heartbeats; then committed entries are applied
 while the disk works (they are on a quorum's disks already: etcd applies
 concurrently with its WAL write too), and a leader keeps replicating:
 ``RaftCore.leader_ready`` hands out new appends, and entries that two
@@ -70,9 +70,13 @@ __all__ = [
 
 log = logging.getLogger("raft.node")
 
-#: A node fsyncs on its event loop as long as its last fsync took less than
-#: this (seconds); otherwise in the worker thread.
+#: A node fsyncs on its event loop while its fsyncs take less than this
+#: (seconds); after a slower one, in the worker thread for at least
+#: ``_SLOW_DISK_HOLD`` seconds: a disk that stalls once tends to stall
+#: again, and an fsync on the loop stalls the whole node (a leader's
+#: heartbeats too, as in etcd, whose Ready loop waits for its WAL fsync).
 _INLINE_SYNC_LIMIT = 0.005
+_SLOW_DISK_HOLD = 10.0
 
 # Which responses answer which request (see module doc). A snapshot transfer
 # ends with an APPEND_RESPONSE once the snapshot is installed.
@@ -256,8 +260,9 @@ class RaftNode:
         self._readies_taken = 0
         self._persisted = storage.initial_state()[0]
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
-        #: A follower's next fsync runs on the loop (see _handle_ready, step 3).
+        #: The next fsync runs on the loop (see _handle_ready, step 2, and _sync).
         self._sync_inline = True
+        self._inline_again_at = 0.0  # (time.monotonic)
         #: An fsync is running in the worker thread.
         self._syncing = False
         self._ticker: asyncio.TimerHandle | None = None
@@ -590,7 +595,11 @@ class RaftNode:
         """``Storage.sync``, timed: decides where the next one runs."""
         start = time.monotonic()
         self._storage.sync()
-        self._sync_inline = time.monotonic() - start < _INLINE_SYNC_LIMIT
+        end = time.monotonic()
+        fast = end - start < _INLINE_SYNC_LIMIT
+        if not fast:
+            self._inline_again_at = end + _SLOW_DISK_HOLD
+        self._sync_inline = fast and end >= self._inline_again_at
 
     async def _lead_while_syncing(self, synced: asyncio.Future[None]) -> None:
         """Wait for the leader's fsync; meanwhile keep replicating: send new

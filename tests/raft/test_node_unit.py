@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
+import raft.node
 from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.storage import MemoryStorage, StorageError
 from raft.types import Entry, HardState, Message, MessageType, Snapshot
@@ -262,3 +263,30 @@ def test_a_leader_with_a_slow_disk_syncs_off_its_loop() -> None:
     main = threading.current_thread().name
     assert storage.sync_threads[0] == main
     assert storage.sync_threads[-1] != main, storage.sync_threads
+
+
+class OnceSlowSyncStorage(SlowSyncStorage):
+    """Only the first fsync is slow."""
+
+    def sync(self) -> None:
+        if self.sync_threads:
+            self.sync_threads.append(threading.current_thread().name)
+            DeferredSyncStorage.sync(self)
+        else:
+            super().sync()
+
+
+@pytest.mark.parametrize("hold", [10.0, 0.0])
+def test_after_a_slow_fsync_the_worker_keeps_the_fsyncs_for_a_while(
+    hold: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(raft.node, "_SLOW_DISK_HOLD", hold)
+    storage = OnceSlowSyncStorage()
+    run(lambda: propose_on_a_single_node(storage, 6))
+    main = threading.current_thread().name
+    on_loop = [t == main for t in storage.sync_threads]
+    assert on_loop[:2] == [True, False]  # the slow one, then the worker
+    if hold:
+        assert not any(on_loop[2:]), on_loop  # held off the loop
+    else:
+        assert all(on_loop[2:]), on_loop  # fast again: back on the loop
