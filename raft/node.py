@@ -19,12 +19,12 @@ wire first, so the followers work while we write. The fsync runs on the
 loop while the disk is fast: a thread handoff per ``Ready`` cost more
 than it saved. After a slow fsync the next ones run in a worker thread,
 for at least ``_SLOW_DISK_HOLD`` seconds and until one is fast again, so
-a slow disk stalls the drain, not the node's RPCs, ticks and heartbeats; then committed entries are applied
-while the disk works (they are on a quorum's disks already: etcd applies
-concurrently with its WAL write too), and a leader keeps replicating:
-``RaftCore.leader_ready`` hands out new appends, and entries that two
-followers' acknowledgements commit, without waiting for the leader's own
-disk. The core may take ``step``/``propose`` between ``ready()`` and
+a slow disk stalls the drain, not the node's RPCs, ticks and heartbeats;
+then committed entries are applied while the disk works (they are on a
+quorum's disks already: etcd applies concurrently with its WAL write
+too), and a leader keeps replicating: ``RaftCore.leader_ready`` hands out
+new appends, and entries that two followers' acknowledgements commit,
+without waiting for the leader's own disk. The core may take ``step``/``propose`` between ``ready()`` and
 ``advance()`` (as etcd's RawNode allows), never two ``Ready``s at once.
 
 A leader sends its messages *before* its own fsync (Raft dissertation
