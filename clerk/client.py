@@ -88,6 +88,9 @@ class AsyncClerk:
         # and those queued for the next Batch call.
         self._outstanding = [0] * len(self.servers)
         self._queued: list[list[_Queued]] = [[] for _ in self.servers]
+        # False once a server answered that it has no Batch method (an
+        # older version): from then on every operation goes alone to it.
+        self._batches = [True] * len(self.servers)
         self._next_seq = 1
         # Seqs whose reply we have not seen; a dict keeps insertion order and
         # seqs are inserted increasing, so the first key is the lowest.
@@ -188,7 +191,8 @@ class AsyncClerk:
         outstanding = self._outstanding
         outstanding[server] += 1
         try:
-            if (outstanding[server] > 1 or self._queued[server]) and timeout >= self.rpc_timeout:
+            if ((outstanding[server] > 1 or self._queued[server])
+                    and timeout >= self.rpc_timeout and self._batches[server]):
                 return await self._enqueue(server, method, request)
             # Connected: send now and await the reply's future (no coroutine
             # per call); otherwise the stub connects first.
@@ -289,11 +293,15 @@ class AsyncClerk:
     def _batch_failed(self, server: int, ops: list[_Queued], exc: Exception) -> None:
         """A call failed: a batch that could not be sent or answered as a
         whole (a frame or reply above the size limit, a reply that does not
-        match) is sent again operation by operation, so that each gets its
-        own answer; otherwise the operations fail with the call's error
-        (their retry loop decides what next)."""
-        whole_batch = isinstance(exc, LocalProtocolError) or (
-            isinstance(exc, RpcError) and exc.status is Status.HANDLER_ERROR)
+        match, a server without ``Batch``) is sent again operation by
+        operation, so that each gets its own answer; otherwise the
+        operations fail with the call's error (their retry loop decides
+        what next)."""
+        status = exc.status if isinstance(exc, RpcError) else None
+        if len(ops) > 1 and status is Status.UNKNOWN_METHOD:
+            self._batches[server] = False  # an older server: no Batch
+        whole_batch = isinstance(exc, LocalProtocolError) or status in (
+            Status.HANDLER_ERROR, Status.UNKNOWN_METHOD)
         if len(ops) > 1 and whole_batch:
             for op in ops:
                 if not op[2].done():

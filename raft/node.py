@@ -24,8 +24,9 @@ then committed entries are applied while the disk works (they are on a
 quorum's disks already: etcd applies concurrently with its WAL write
 too), and a leader keeps replicating: ``RaftCore.leader_ready`` hands out
 new appends, and entries that two followers' acknowledgements commit,
-without waiting for the leader's own disk. The core may take ``step``/``propose`` between ``ready()`` and
-``advance()`` (as etcd's RawNode allows), never two ``Ready``s at once.
+without waiting for the leader's own disk. The core may take
+``step``/``propose`` between ``ready()`` and ``advance()`` (as etcd's
+RawNode allows), never two ``Ready``s at once.
 
 A leader sends its messages *before* its own fsync (Raft dissertation
 10.2.1): AppendEntries promise nothing about the leader's disk, and the core

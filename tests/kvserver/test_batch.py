@@ -235,3 +235,18 @@ async def test_operations_too_large_for_one_frame_together_go_one_by_one(
             assert results[0] is None and results[2] is None
             assert isinstance(results[1], LocalProtocolError)
             assert await ck.get("s2") == "z" and await ck.get("huge") == ""
+
+
+async def test_a_server_without_batch_gets_every_operation_alone() -> None:
+    ck = AsyncClerk([("127.0.0.1", 1), ("127.0.0.1", 2)])
+    resent: list[list[str]] = []
+    ck._send_ops = lambda server, ops: resent.append([m for m, _, _, _ in ops])  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
+           ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
+    call = loop.create_future()
+    call.set_exception(RpcError(Status.UNKNOWN_METHOD, "service kvserver.KvServer has no method"))
+    ck._settle(1, ops, kv_pb2.BatchReply, call)
+    assert resent == [["Get"], ["PutAppend"]]
+    assert ck._batches == [True, False]  # that server only, from now on
+    await ck.close()
