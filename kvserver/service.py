@@ -21,7 +21,7 @@ from kvserver.state_machine import KvStateMachine, encode_command
 from raft.core import NotLeader, ProposalDropped
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
-from rpc import DeadlineBuckets, Promise, returns_future
+from rpc import Promise, loop_deadlines, returns_future
 
 __all__ = ["KV_SERVICE", "KvService"]
 
@@ -64,10 +64,9 @@ def _outcome(future: Promise[Any]) -> BaseException | None:
     return future.exception()
 
 
-def _fail_with_timeout(futures: list[Promise[Any]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(TimeoutError())
+def _time_out(future: Promise[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class KvService:
@@ -89,19 +88,15 @@ class KvService:
         self._address = address
         self.request_timeout = request_timeout
         self.shutting_down = False
-        self._deadlines: DeadlineBuckets[Promise[Any]] | None = None
 
     def _bound(self, future: Promise[Any]) -> None:
-        """Fail ``future`` with TimeoutError after ``request_timeout``. Shared
-        timers in 5 ms slots rather than a ``call_later`` per request or
-        ``asyncio.wait_for`` (a Task per request): this is the hot path. The
-        node ignores a future resolved behind its back."""
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = DeadlineBuckets(
-                asyncio.get_running_loop(), _fail_with_timeout
-            )
-        deadlines.add(self.request_timeout, future)
+        """Fail ``future`` with TimeoutError after ``request_timeout``: the
+        loop's shared deadline slots (``rpc.loop_deadlines``) rather than a
+        ``call_later`` per request or ``asyncio.wait_for`` (a Task per
+        request): this is the hot path. The node ignores a future resolved
+        behind its back."""
+        loop_deadlines(asyncio.get_running_loop()).add(
+            self.request_timeout, (_time_out, future))
 
     def _leader_hint(self) -> int:
         leader = self._node.leader

@@ -26,7 +26,7 @@ Failures of a call raise `RpcError` with a `Status`. The sans-I/O codec is in
 when it is installed.
 """
 
-from rpc._deadlines import DeadlineBuckets
+from rpc._deadlines import DeadlineBuckets, loop_deadlines
 from rpc._promise import Promise
 from rpc.channel import RpcChannel, parse_response
 from rpc.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, Status
@@ -47,6 +47,7 @@ __all__ = [
     "Stub",
     "UnaryMethod",
     "install_uvloop",
+    "loop_deadlines",
     "make_stub",
     "parse_response",
     "returns_future",

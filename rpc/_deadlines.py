@@ -13,15 +13,22 @@ same 40 ms, and a loop serving one call every millisecond or two wakes up
 for a dead timer rarely instead of every few milliseconds. A deadline thus
 fires never early, and late by at most max(`granularity`, delay / 16) plus
 the base granularity.
+
+`loop_deadlines(loop)` is one such set per event loop, shared by every
+connection of a provider and every channel: with a connection per client,
+each sending a call every few tens of milliseconds, per-connection slots
+meant a new timer for almost every call (128 client connections: about
+one timer per request on the server and on the client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["DeadlineBuckets"]
+__all__ = ["DeadlineBuckets", "loop_deadlines"]
 
 T = TypeVar("T")
 
@@ -67,3 +74,28 @@ class DeadlineBuckets(Generic[T]):
             handle.cancel()
         self._handles.clear()
         self._buckets.clear()
+
+
+#: An item of the shared set: the function to call with the item if its
+#: deadline passes (it checks whether the call is still pending).
+Expiry = tuple[Callable[[Any], None], Any]
+
+_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineBuckets[Expiry]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _expire_each(items: list[Expiry]) -> None:
+    for expire, item in items:
+        expire(item)
+
+
+def loop_deadlines(loop: asyncio.AbstractEventLoop) -> DeadlineBuckets[Expiry]:
+    """The deadline set shared by everything on ``loop``: add
+    ``(expire, item)`` and ``expire(item)`` is called once the deadline
+    passes. Nothing is ever removed (``cancel_all`` would cancel everyone's):
+    ``expire`` skips what already finished."""
+    buckets = _PER_LOOP.get(loop)
+    if buckets is None:
+        buckets = _PER_LOOP[loop] = DeadlineBuckets(loop, _expire_each)
+    return buckets

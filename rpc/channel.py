@@ -42,7 +42,7 @@ from rpc._codec import (
     encode_request,
     request_header_tail,
 )
-from rpc._deadlines import DeadlineBuckets
+from rpc._deadlines import loop_deadlines
 from rpc.errors import RemoteProtocolError, RpcError, Status
 
 __all__ = ["RpcChannel"]
@@ -173,7 +173,7 @@ class RpcChannel:
         conn.pending[call_id] = fut
         conn.send(frame)
         if timeout is not None:
-            conn.deadlines.add(timeout, (call_id, timeout))
+            conn.deadlines.add(timeout, (conn.expire, (call_id, timeout)))
         # Cancellation by the caller: forget the call (a late reply is dropped).
         fut.add_done_callback(lambda f: conn.pending.pop(call_id, None) if f.cancelled() else None)
         return fut
@@ -320,19 +320,16 @@ class _ClientConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._lost_reason = "connection lost"
         self.closed: asyncio.Future[None] = loop.create_future()
-        # Items are (call_id, timeout), not futures: a finished call's future
-        # must not stay alive until its deadline slot fires. Call ids are never
-        # reused on a channel, so the id alone identifies the call.
-        self.deadlines: DeadlineBuckets[tuple[int, float]] = DeadlineBuckets(
-            loop, self._expire
-        )
+        # The loop's shared deadline slots. Items are (call_id, timeout), not
+        # futures: a finished call's future must not stay alive until its
+        # deadline slot fires. Call ids are never reused on a channel, so
+        # the id alone identifies the call.
+        self.deadlines = loop_deadlines(loop)
 
-    def _expire(self, items: list[tuple[int, float]]) -> None:
-        pending = self.pending
-        for call_id, timeout in items:
-            fut = pending.pop(call_id, None)
-            if fut is None or fut.done():
-                continue
+    def expire(self, item: tuple[int, float]) -> None:
+        call_id, timeout = item
+        fut = self.pending.pop(call_id, None)  # (emptied by connection_lost)
+        if fut is not None and not fut.done():
             fut.set_exception(
                 RpcError(Status.DEADLINE_EXCEEDED, f"no response within {timeout:g} s")
             )
@@ -398,7 +395,6 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.deadlines.cancel_all()
         self._channel._connection_lost(self)
         reason = self._lost_reason
         if exc is not None and reason == "connection lost":

@@ -56,7 +56,7 @@ from rpc._codec import (
     encode,
     encode_ok_response,
 )
-from rpc._deadlines import DeadlineBuckets
+from rpc._deadlines import loop_deadlines
 from rpc._promise import Promise
 from rpc.errors import LocalProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.rpc_pb2 import RESPONSE, Header
@@ -276,9 +276,7 @@ class _ServerConnection(asyncio.Protocol):
         # Calls in flight: the Task of a suspended async handler, or the
         # future a @returns_future handler returned.
         self._tasks: dict[int, _Pending] = {}
-        self._deadlines: DeadlineBuckets[tuple[int, _Pending]] = DeadlineBuckets(
-            self._loop, self._expire
-        )
+        self._deadlines = loop_deadlines(self._loop)
         self._expired: set[int] = set()
         self._out: list[bytes] = []
         self._in_chunk = False
@@ -373,7 +371,6 @@ class _ServerConnection(asyncio.Protocol):
         self._provider._connections.discard(self)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        self._deadlines.cancel_all()
         if self._tasks:
             log.debug("connection from %s lost, cancelling %d calls", self._peer, len(self._tasks))
             # A copy: cancelling a Promise answers its call at once, which
@@ -435,7 +432,7 @@ class _ServerConnection(asyncio.Protocol):
         self._tasks[call_id] = task
         timeout_ms = header.timeout_ms
         if timeout_ms:
-            self._deadlines.add(timeout_ms / 1000.0, (call_id, task))
+            self._deadlines.add(timeout_ms / 1000.0, (self._expire, (call_id, task)))
 
     async def _run(self, call_id: int, method: _Method, request: Message) -> None:
         try:
@@ -472,7 +469,7 @@ class _ServerConnection(asyncio.Protocol):
         self._tasks[call_id] = result
         result.add_done_callback(lambda f: self._future_done(call_id, method, f))
         if timeout_ms:
-            self._deadlines.add(timeout_ms / 1000.0, (call_id, result))
+            self._deadlines.add(timeout_ms / 1000.0, (self._expire, (call_id, result)))
 
     def _future_done(self, call_id: int, method: _Method, future: _Pending) -> None:
         if self._tasks.get(call_id) is future:
@@ -518,13 +515,13 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._send(frame)
 
-    def _expire(self, items: list[tuple[int, _Pending]]) -> None:
-        tasks = self._tasks
-        for call_id, task in items:
-            # Identity check: a finished call's id may have been reused since.
-            if tasks.get(call_id) is task and not task.done():
-                self._expired.add(call_id)
-                task.cancel()
+    def _expire(self, item: tuple[int, _Pending]) -> None:
+        call_id, task = item
+        # Identity check: a finished call's id may have been reused since
+        # (and after connection_lost every call is done).
+        if self._tasks.get(call_id) is task and not task.done():
+            self._expired.add(call_id)
+            task.cancel()
 
     def _send_error(self, call_id: int, status: Status, message: str) -> None:
         header = Header(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import rpc
 from rpc import DeadlineBuckets
 
 
@@ -51,3 +52,27 @@ async def test_long_deadlines_share_few_timers() -> None:
     assert len(buckets._handles) <= 5
     buckets.cancel_all()
     assert not buckets._handles
+
+
+async def test_loop_deadlines_is_one_shared_set_per_loop() -> None:
+    loop = asyncio.get_running_loop()
+    shared = rpc.loop_deadlines(loop)
+    assert rpc.loop_deadlines(loop) is shared
+    fired: list[str] = []
+    done = asyncio.Event()
+
+    def expire(item: str) -> None:
+        fired.append(item)
+        if len(fired) == 2:
+            done.set()
+
+    # Many owners (connections, channels) share the slots: one timer here.
+    shared.add(0.02, (expire, "a"))
+    shared.add(0.02, (expire, "b"))
+    await asyncio.wait_for(done.wait(), 5)
+    assert sorted(fired) == ["a", "b"]
+    other = asyncio.new_event_loop()
+    try:
+        assert rpc.loop_deadlines(other) is not shared
+    finally:
+        other.close()
