@@ -168,13 +168,23 @@ async def test_one_clerks_concurrent_operations_travel_in_batches(
     assert pieces == sorted(f"{w}.{i}" for w in range(workers) for i in range(5))
 
 
+def recording_clerk(n_servers: int) -> tuple[AsyncClerk, list[list[str]]]:
+    """A clerk whose calls are recorded (the methods of each), not sent."""
+    ck = AsyncClerk([("127.0.0.1", 1 + i) for i in range(n_servers)])
+    sent: list[list[str]] = []
+    ck._send_ops = lambda server, ops: sent.append([m for m, _, _, _ in ops])  # type: ignore[method-assign]
+    return ck, sent
+
+
+def a_get_and_a_put(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    return [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
+            ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
+
+
 async def test_a_mismatched_batch_reply_is_retried_operation_by_operation() -> None:
-    ck = AsyncClerk([("127.0.0.1", 1)])
-    resent: list[list[str]] = []
-    ck._send_ops = lambda server, ops: resent.append([m for m, _, _, _ in ops])  # type: ignore[method-assign]
+    ck, resent = recording_clerk(1)
     loop = asyncio.get_running_loop()
-    ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
-           ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
+    ops = a_get_and_a_put(loop)
     call = loop.create_future()
     call.set_result(kv_pb2.BatchReply(
         gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
@@ -199,9 +209,7 @@ async def test_a_mismatched_batch_reply_is_retried_operation_by_operation() -> N
 
 
 def test_queued_operations_are_split_by_count_and_bytes() -> None:
-    ck = AsyncClerk([("127.0.0.1", 1)])
-    sizes: list[int] = []
-    ck._send_ops = lambda server, ops: sizes.append(len(ops))  # type: ignore[method-assign]
+    ck, sent = recording_clerk(1)
     loop = asyncio.new_event_loop()
     try:
         big = MAX_BATCH_BYTES // 3
@@ -212,7 +220,7 @@ def test_queued_operations_are_split_by_count_and_bytes() -> None:
         loop.close()
     # 3 big ones fill a batch; the 4th starts the next, which takes Gets up
     # to MAX_BATCH operations.
-    assert sizes == [3, MAX_BATCH, 6]
+    assert [len(methods) for methods in sent] == [3, MAX_BATCH, 6]
 
 
 async def test_operations_too_large_for_one_frame_together_go_one_by_one(
@@ -238,12 +246,9 @@ async def test_operations_too_large_for_one_frame_together_go_one_by_one(
 
 
 async def test_a_server_without_batch_gets_every_operation_alone() -> None:
-    ck = AsyncClerk([("127.0.0.1", 1), ("127.0.0.1", 2)])
-    resent: list[list[str]] = []
-    ck._send_ops = lambda server, ops: resent.append([m for m, _, _, _ in ops])  # type: ignore[method-assign]
+    ck, resent = recording_clerk(2)
     loop = asyncio.get_running_loop()
-    ops = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
-           ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
+    ops = a_get_and_a_put(loop)
     call = loop.create_future()
     call.set_exception(RpcError(Status.UNKNOWN_METHOD, "service kvserver.KvServer has no method"))
     ck._settle(1, ops, kv_pb2.BatchReply, call)
