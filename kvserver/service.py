@@ -128,10 +128,7 @@ class KvService:
         as a handler error (the provider reports it to the caller)."""
         if reply.done():
             return  # the provider gave up on the call
-        if outcome.cancelled():
-            reply.set_result(self._refusal(TimeoutError(), reply_type))
-            return
-        exc = outcome.exception()
+        exc = _outcome(outcome)
         try:
             reply.set_result(ok() if exc is None else self._refusal(exc, reply_type))
         except Exception as err:  # handed to the provider: HANDLER_ERROR
