@@ -142,9 +142,13 @@ class RpcTransport:
         request = message_to_pb(msg, self._packed(msg.entries) if msg.entries else None)
         # Fast path, connected: no coroutine, no Task, the reply handled in a
         # callback. Otherwise a Task that connects first.
-        future = channel.start_call(_SERVICE_NAME, method, request, timeout=self._timeout)
+        # A Promise: the reply is stepped into the node as soon as it is
+        # read, not a loop iteration later.
+        future = channel.start_call(
+            _SERVICE_NAME, method, request, timeout=self._timeout, promise=True
+        )
         if future is not None:
-            future.add_done_callback(lambda f: self._on_reply(msg, f))
+            future.add_done_callback(partial(self._on_reply, msg))
             return
         task = asyncio.get_running_loop().create_task(
             self._call(channel, method, msg, request)
@@ -182,7 +186,7 @@ class RpcTransport:
             return
         self._delivered(msg, reply)
 
-    def _on_reply(self, msg: Message, future: asyncio.Future[bytes]) -> None:
+    def _on_reply(self, msg: Message, future: Promise[bytes]) -> None:
         if future.cancelled():
             return
         exc = future.exception()

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 import random
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
 from google.protobuf.message import DecodeError, Message
 
@@ -43,6 +43,7 @@ from rpc._codec import (
     request_header_tail,
 )
 from rpc._deadlines import loop_deadlines
+from rpc._promise import Promise
 from rpc.errors import RemoteProtocolError, RpcError, Status
 
 __all__ = ["RpcChannel"]
@@ -143,24 +144,41 @@ class RpcChannel:
             tail = self._tails[key] = request_header_tail(service, method)
         return tail
 
+    @overload
     def start_call(
-        self, service: str, method: str, request: Message, *, timeout: float | None = None
-    ) -> asyncio.Future[bytes] | None:
+        self, service: str, method: str, request: Message, *,
+        timeout: float | None = ..., promise: Literal[False] = ...,
+    ) -> asyncio.Future[bytes] | None: ...
+
+    @overload
+    def start_call(
+        self, service: str, method: str, request: Message, *,
+        timeout: float | None = ..., promise: Literal[True],
+    ) -> Promise[bytes] | None: ...
+
+    def start_call(
+        self, service: str, method: str, request: Message, *,
+        timeout: float | None = None, promise: bool = False,
+    ) -> asyncio.Future[bytes] | Promise[bytes] | None:
         """Send a request now and return the future of its raw reply body,
         without a coroutine or Task: for callers that send many small calls
         and handle replies in callbacks (the Raft transport). Returns None
         when the connection is not up (or is paused for back-pressure): use
         ``call()``, which connects and waits. The future fails with
         ``RpcError`` as ``call()`` would; parse the body with
-        ``parse_response``."""
+        ``parse_response``. With ``promise=True`` it is an ``rpc.Promise``:
+        its callbacks run as soon as the reply is read, inside the
+        connection's ``data_received``, instead of a loop iteration later."""
         conn = self._conn
         if conn is None or conn.paused or conn.lost or self._closed:
             return None
-        return self._send(conn, self._tail(service, method), request.SerializeToString(), timeout)
+        return self._send(conn, self._tail(service, method), request.SerializeToString(),
+                          timeout, promise)
 
     def _send(
-        self, conn: _ClientConnection, tail: bytes, body: bytes, timeout: float | None
-    ) -> asyncio.Future[bytes]:
+        self, conn: _ClientConnection, tail: bytes, body: bytes, timeout: float | None,
+        promise: bool = False,
+    ) -> asyncio.Future[bytes] | Promise[bytes]:
         call_id = self._next_id
         self._next_id = call_id + 1
         if timeout is None:
@@ -169,7 +187,8 @@ class RpcChannel:
             timeout_ms = min(max(math.ceil(timeout * 1000.0), 1), _MAX_TIMEOUT_MS)
         # Raises LocalProtocolError if the request is above the frame limit.
         frame = encode_request(call_id, tail, timeout_ms, body, self.max_frame_size)
-        fut: asyncio.Future[bytes] = conn.loop.create_future()
+        fut: asyncio.Future[bytes] | Promise[bytes] = (
+            Promise() if promise else conn.loop.create_future())
         conn.pending[call_id] = fut
         conn.send(frame)
         if timeout is not None:
@@ -312,7 +331,7 @@ class _ClientConnection(asyncio.Protocol):
         self._loop = self.loop = loop
         self._decoder = FrameDecoder(channel.max_frame_size)
         self._transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.pending: dict[int, asyncio.Future[bytes] | Promise[bytes]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.paused = False

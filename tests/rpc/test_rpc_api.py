@@ -119,10 +119,11 @@ def test_rpc_no_uvloop_environment_variable(monkeypatch: pytest.MonkeyPatch) -> 
     assert run(which()) == "asyncio"
 
 
-async def test_start_call_fast_path(loop_kind: str) -> None:
-    """start_call: None until connected; then a plain future of the reply
-    body, resolved out of order like call(); failures as RpcError; a
-    cancelled call is forgotten."""
+@pytest.mark.parametrize("promise", [False, True])
+async def test_start_call_fast_path(loop_kind: str, promise: bool) -> None:
+    """start_call: None until connected; then a plain future (or, asked,
+    an rpc.Promise) of the reply body, resolved out of order like call();
+    failures as RpcError; a cancelled call is forgotten."""
     impl = EchoImpl()
     async with serving(impl) as provider:
         channel = RpcChannel("127.0.0.1", provider.port)
@@ -130,18 +131,23 @@ async def test_start_call_fast_path(loop_kind: str) -> None:
             assert channel.start_call(ECHO.full_name, "Echo", EchoRequest(seq=1)) is None
             await channel.connect()
             slow = channel.start_call(ECHO.full_name, "Echo",
-                                      EchoRequest(seq=1, delay_ms=200), timeout=5)
-            fast = channel.start_call(ECHO.full_name, "Echo", EchoRequest(seq=2), timeout=5)
+                                      EchoRequest(seq=1, delay_ms=200), timeout=5,
+                                      promise=promise)
+            fast = channel.start_call(ECHO.full_name, "Echo", EchoRequest(seq=2), timeout=5,
+                                      promise=promise)
             assert slow is not None and fast is not None
+            assert isinstance(fast, rpc.Promise) is promise
             assert EchoReply.FromString(await fast).seq == 2
             assert not slow.done()
             assert EchoReply.FromString(await slow).seq == 1
-            failing = channel.start_call(ECHO.full_name, "Echo", EchoRequest(fail="boom"))
+            failing = channel.start_call(ECHO.full_name, "Echo", EchoRequest(fail="boom"),
+                                         promise=promise)
             assert failing is not None
             with pytest.raises(rpc.RpcError) as info:
                 await failing
             assert info.value.status is rpc.Status.HANDLER_ERROR
-            doomed = channel.start_call(ECHO.full_name, "Echo", EchoRequest(delay_ms=5000))
+            doomed = channel.start_call(ECHO.full_name, "Echo", EchoRequest(delay_ms=5000),
+                                        promise=promise)
             assert doomed is not None
             await impl.started.wait()
             doomed.cancel()
