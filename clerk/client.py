@@ -183,7 +183,6 @@ class AsyncClerk:
                 tried_in_round = 0
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
 
-
     async def _call(self, server: int, method: str, request: Any, timeout: float) -> Any:
         """One attempt of an operation at ``server``: its reply; raises
         ``RpcError``. Alone, it is sent at once; else it joins a batch
