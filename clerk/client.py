@@ -35,12 +35,11 @@ from typing import Any
 
 from kvserver import kv_pb2
 from kvserver.config import load_config
-from rpc import LocalProtocolError, RpcChannel, RpcError, Status, Stub, parse_response
+from rpc import LocalProtocolError, RpcChannel, RpcError, Status, parse_response
 
 __all__ = ["MAX_BATCH", "AsyncClerk", "Clerk", "ClerkError", "ClerkTimeout"]
 
-_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
-_SERVICE_NAME = _SERVICE.full_name
+_SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KvServer"].full_name
 _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply}
 
 #: Most operations per ``Batch`` call: a bigger batch saves a little more per
@@ -82,7 +81,6 @@ class AsyncClerk:
         self.client_id = client_id if client_id is not None else random.getrandbits(63) + 1
         self._channels = [RpcChannel(h, p, backoff_initial=0.02, backoff_max=0.5)
                           for h, p in self.servers]
-        self._stubs: list[Any] = [Stub(ch, _SERVICE) for ch in self._channels]
         self._leader = 0
         # Per server: operations outstanding (sent, queued or connecting),
         # and those queued for the next Batch call.
@@ -194,13 +192,14 @@ class AsyncClerk:
                     and timeout >= self.rpc_timeout and self._batches[server]):
                 return await self._enqueue(server, method, request)
             # Connected: send now and await the reply's future (no coroutine
-            # per call); otherwise the stub connects first.
-            call = self._channels[server].start_call(
-                _SERVICE_NAME, method, request, timeout=timeout
-            )
+            # per call); otherwise the channel's call() connects first.
+            channel = self._channels[server]
+            reply_type = _REPLY_TYPES[method]
+            call = channel.start_call(_SERVICE_NAME, method, request, timeout=timeout)
             if call is None:
-                return await getattr(self._stubs[server], method)(request, timeout=timeout)
-            return parse_response(_REPLY_TYPES[method], await call)
+                return await channel.call(_SERVICE_NAME, method, request, reply_type,
+                                          timeout=timeout)
+            return parse_response(reply_type, await call)
         finally:
             outstanding[server] -= 1
 
