@@ -552,8 +552,8 @@ class RaftNode:
         #    and a core from the loop that just woke it, and on a busy
         #    machine that took longer than a fast fsync (a leader's fsync
         #    inline cut sequential put p50 by about 0.3 ms). After a slow
-        #    fsync the next one runs in the worker thread instead, so a slow
-        #    disk stalls only the drain, not the node's RPCs, ticks and
+        #    fsync the next ones run in the worker thread (see _sync), so a
+        #    slow disk stalls only the drain, not the node's RPCs, ticks and
         #    heartbeat answers. Meanwhile committed entries are applied
         #    (they are on a quorum's disks already; etcd applies concurrently
         #    with its WAL write too), and a leader keeps replicating.
@@ -563,8 +563,6 @@ class RaftNode:
                 self._sync()
             else:
                 self._apply_ready(rd)
-                if rd.soft_state is not None:
-                    self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
                 applied = True
                 synced = asyncio.get_running_loop().run_in_executor(self._io, self._sync)
                 self._syncing = True
@@ -586,8 +584,6 @@ class RaftNode:
         # 4. Apply.
         if not applied:
             self._apply_ready(rd)
-            if rd.soft_state is not None:
-                self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         # 5. Advance.
         self._core.advance(rd)
         self._release_waiters(taken)
@@ -664,7 +660,8 @@ class RaftNode:
         # tolerates lost messages, and the peer will retry.
 
     def _apply_ready(self, rd: Ready) -> None:
-        """Apply ``rd``'s committed entries and release its reads."""
+        """Apply ``rd``'s committed entries, release its reads, then act on
+        a role change (a leader stepping down fails what it had pending)."""
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
@@ -672,6 +669,8 @@ class RaftNode:
                 if not future.done():
                     self._reads.waiting_apply.append((rs.index, future))
         self._release_reads()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self._fsm.restore(snapshot.data)
