@@ -43,6 +43,7 @@ from rpc._codec import (
     request_header_tail,
 )
 from rpc._deadlines import loop_deadlines
+from rpc._outbox import Outbox
 from rpc._promise import Promise
 from rpc.errors import RemoteProtocolError, RpcError, Status
 
@@ -190,7 +191,7 @@ class RpcChannel:
         fut: asyncio.Future[bytes] | Promise[bytes] = (
             Promise() if promise else conn.loop.create_future())
         conn.pending[call_id] = fut
-        conn.send(frame)
+        conn.outbox.send(frame)
         if timeout is not None:
             conn.deadlines.add(timeout, (conn.expire, (call_id, timeout)))
         # Cancellation by the caller: forget the call (a late reply is dropped).
@@ -295,8 +296,8 @@ class RpcChannel:
         """Write the requests sent in this loop iteration now rather than at
         its end (a caller about to block, or to do long work, calls this)."""
         conn = self._conn
-        if conn is not None and conn._out:
-            conn._flush()
+        if conn is not None:
+            conn.outbox.flush()
 
     async def close(self) -> None:
         """Fail pending calls with UNAVAILABLE and close the connection."""
@@ -332,8 +333,7 @@ class _ClientConnection(asyncio.Protocol):
         self._decoder = FrameDecoder(channel.max_frame_size)
         self._transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[bytes] | Promise[bytes]] = {}
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
+        self.outbox = Outbox(loop)
         self.paused = False
         self.lost = False
         self._writable: asyncio.Future[None] | None = None
@@ -355,32 +355,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def send(self, frame: bytes) -> None:
-        if self._flush_scheduled:
-            self._out.append(frame)
-            return
-        # The first request of a loop iteration goes out now (a sequential
-        # caller's only one: no iteration lost before the write); requests
-        # from the tasks that run later in this iteration share the write
-        # scheduled here.
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame)
-        self._flush_scheduled = True
-        self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        transport = self._transport
-        if not out or transport is None or transport.is_closing():
-            out.clear()
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        transport.write(data)
+        self._transport = self.outbox.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
@@ -427,7 +402,7 @@ class _ClientConnection(asyncio.Protocol):
                         f"{self._channel.host}:{self._channel.port}: {reason}",
                     )
                 )
-        self._out.clear()
+        self.outbox.clear()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if not self.closed.done():

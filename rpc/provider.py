@@ -57,6 +57,7 @@ from rpc._codec import (
     encode_ok_response,
 )
 from rpc._deadlines import loop_deadlines
+from rpc._outbox import Outbox
 from rpc._promise import Promise
 from rpc.errors import LocalProtocolError, RemoteProtocolError, RpcError, Status
 from rpc.rpc_pb2 import RESPONSE, Header
@@ -278,9 +279,8 @@ class _ServerConnection(asyncio.Protocol):
         self._tasks: dict[int, _Pending] = {}
         self._deadlines = loop_deadlines(self._loop)
         self._expired: set[int] = set()
-        self._out: list[bytes] = []
-        self._in_chunk = False
-        self._flush_scheduled = False
+        # Held while a chunk is dispatched: its responses leave in one write.
+        self._outbox = Outbox(self._loop)
         # Reading is paused while either holds (see _update_reading).
         self._backlogged = False
         self._write_paused = False
@@ -292,7 +292,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = self._outbox.transport = cast(asyncio.Transport, transport)
         self._peer = transport.get_extra_info("peername")
         self._provider._connections.add(self)
         log.debug("connection from %s", self._peer)
@@ -319,7 +319,8 @@ class _ServerConnection(asyncio.Protocol):
             return  # closing: what was not dispatched yet never starts
         decoder = self._decoder
         budget = self._max_frames_per_step
-        self._in_chunk = True
+        outbox = self._outbox
+        outbox.held = True
         try:
             while True:
                 frame = decoder.next_frame()
@@ -338,13 +339,12 @@ class _ServerConnection(asyncio.Protocol):
                     break
         except RemoteProtocolError as exc:
             log.warning("closing connection from %s: %s", self._peer, exc)
-            self._flush()
+            outbox.flush()
             self._close_transport()
             return
         finally:
-            self._in_chunk = False
-        if self._out:
-            self._flush()
+            outbox.held = False
+        outbox.flush()
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -377,7 +377,7 @@ class _ServerConnection(asyncio.Protocol):
             # removes it from _tasks.
             for task in list(self._tasks.values()):
                 task.cancel()
-        self._out.clear()
+        self._outbox.clear()
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests
@@ -535,28 +535,8 @@ class _ServerConnection(asyncio.Protocol):
     # -- writing --------------------------------------------------------------
 
     def _send(self, frame: bytes) -> None:
-        if self._closed:
-            return
-        if self._in_chunk or self._flush_scheduled:
-            self._out.append(frame)
-            return
-        # The first response finished outside a chunk in this loop iteration
-        # goes out now; the flush scheduled here coalesces any that follow
-        # in the same iteration.
-        if self._transport is not None:
-            self._transport.write(frame)
-        self._flush_scheduled = True
-        self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out or self._closed or self._transport is None:
-            out.clear()
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._transport.write(data)
+        if not self._closed:
+            self._outbox.send(frame)
 
     # -- closing --------------------------------------------------------------
 
@@ -581,6 +561,6 @@ class _ServerConnection(asyncio.Protocol):
         pending = list(self._tasks.values())
         for task in pending:
             task.cancel()
-        self._flush()
+        self._outbox.flush()
         self._close_transport()
         return [t for t in pending if isinstance(t, asyncio.Future)]
