@@ -81,6 +81,8 @@ async def test_batch_answers_each_operation_in_request_order(tmp_path: Path) -> 
             assert [(g.err, g.value) for g in second.gets] == [
                 (kv_pb2.OK, "2"), (kv_pb2.NO_KEY, ""), (kv_pb2.OK, "1+")]
             assert not second.writes
+            empty = await stub.Batch(kv_pb2.BatchRequest(), timeout=WAIT)
+            assert (empty.err, len(empty.gets), len(empty.writes)) == (kv_pb2.OK, 0, 0)
             # The writes were one Raft entry each.
             assert leader.node.status().applied >= 3
 
