@@ -34,6 +34,14 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     TIMEOUT: _ErrorCode.ValueType  # 3
     """not committed/confirmed in time; retry with the same seq"""
     SHUTTING_DOWN: _ErrorCode.ValueType  # 4
+    BAD_REQUEST: _ErrorCode.ValueType  # 5
+    """The request can never succeed as sent (seq 0, client_id 0, an unknown
+    op, ack_seq above seq, ...); `error` says which field. Not retried.
+    """
+    TOO_LARGE: _ErrorCode.ValueType  # 6
+    """A key, a value or the value an APPEND would leave is over a limit;
+    `error` names the limit and its size (kvserver/limits.py). Not retried.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper): ...
 
@@ -44,6 +52,14 @@ WRONG_LEADER: ErrorCode.ValueType  # 2
 TIMEOUT: ErrorCode.ValueType  # 3
 """not committed/confirmed in time; retry with the same seq"""
 SHUTTING_DOWN: ErrorCode.ValueType  # 4
+BAD_REQUEST: ErrorCode.ValueType  # 5
+"""The request can never succeed as sent (seq 0, client_id 0, an unknown
+op, ack_seq above seq, ...); `error` says which field. Not retried.
+"""
+TOO_LARGE: ErrorCode.ValueType  # 6
+"""A key, a value or the value an APPEND would leave is over a limit;
+`error` names the limit and its size (kvserver/limits.py). Not retried.
+"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 class _Op:
@@ -92,19 +108,23 @@ class GetReply(_message.Message):
     ERR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     LEADER_HINT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
     value: _builtins.str
     leader_hint: _builtins.int
+    error: _builtins.str
+    """why, for BAD_REQUEST and TOO_LARGE"""
     def __init__(
         self,
         *,
         err: Global___ErrorCode.ValueType = ...,
         value: _builtins.str = ...,
         leader_hint: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "leader_hint", b"leader_hint", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,17 +173,21 @@ class PutAppendReply(_message.Message):
 
     ERR_FIELD_NUMBER: _builtins.int
     LEADER_HINT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
     leader_hint: _builtins.int
+    error: _builtins.str
+    """why, for BAD_REQUEST and TOO_LARGE"""
     def __init__(
         self,
         *,
         err: Global___ErrorCode.ValueType = ...,
         leader_hint: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "leader_hint", b"leader_hint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -208,12 +232,14 @@ class BatchReply(_message.Message):
     LEADER_HINT_FIELD_NUMBER: _builtins.int
     GETS_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
     """WRONG_LEADER or SHUTTING_DOWN for the whole batch (then gets and writes
     are empty); OK when every operation has its own reply below, in request
     order.
     """
     leader_hint: _builtins.int
+    error: _builtins.str
     @_builtins.property
     def gets(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetReply]: ...
     @_builtins.property
@@ -225,14 +251,68 @@ class BatchReply(_message.Message):
         leader_hint: _builtins.int = ...,
         gets: _abc.Iterable[Global___GetReply] | None = ...,
         writes: _abc.Iterable[Global___PutAppendReply] | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "gets", b"gets", "leader_hint", b"leader_hint", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "gets", b"gets", "leader_hint", b"leader_hint", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchReply: _TypeAlias = BatchReply  # noqa: Y015
+
+@_typing.final
+class TransferLeaderRequest(_message.Message):
+    """Ask the node (which must be the leader) to hand leadership to `to`, or,
+    with `to` = -1, to the most up-to-date follower (Raft dissertation 3.10).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    to: _builtins.int
+    def __init__(
+        self,
+        *,
+        to: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLeaderRequest: _TypeAlias = TransferLeaderRequest  # noqa: Y015
+
+@_typing.final
+class TransferLeaderReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERR_FIELD_NUMBER: _builtins.int
+    LEADER_HINT_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    err: Global___ErrorCode.ValueType
+    """OK once `leader` leads; WRONG_LEADER; TIMEOUT; BAD_REQUEST"""
+    leader_hint: _builtins.int
+    leader: _builtins.int
+    """the new leader, on OK"""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        err: Global___ErrorCode.ValueType = ...,
+        leader_hint: _builtins.int = ...,
+        leader: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader", b"leader", "leader_hint", b"leader_hint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLeaderReply: _TypeAlias = TransferLeaderReply  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):

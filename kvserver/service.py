@@ -258,6 +258,14 @@ class KvService:
                 reply.writes.append(self._refusal(exc, kv_pb2.PutAppendReply))
         return reply
 
+    async def TransferLeader(
+        self, request: kv_pb2.TransferLeaderRequest
+    ) -> kv_pb2.TransferLeaderReply:
+        # Placeholder until graceful stop lands (issue 12, item 6).
+        return kv_pb2.TransferLeaderReply(
+            err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
+            error="leadership transfer is not implemented yet")
+
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()
         return kv_pb2.StatusReply(
