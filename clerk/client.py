@@ -9,7 +9,13 @@ What a clerk does for the caller:
   it at most once, and tells the servers the lowest seq whose reply it has
   not seen (``ack_seq``) so they can forget older replies;
 * gives up after ``timeout`` seconds for the whole operation with
-  ``ClerkTimeout``; the write may or may not have happened then.
+  ``ClerkTimeout``; the write may or may not have happened then;
+* never retries what cannot succeed: a request the cluster refuses as sent
+  raises ``BadRequest`` (a field it cannot honour) or ``TooLarge`` (a key,
+  value or request over a limit, named in the message; see
+  ``kvserver.limits``), and a call the server failed to handle raises
+  ``ServerError``. All three are ``RequestRefused``; a refused write was
+  not applied, except after ``ServerError``, when it may have been.
 
 Many operations of one ``AsyncClerk`` may be in flight at once; all share one
 connection per server. An operation issued while none of the clerk's others
@@ -37,7 +43,17 @@ from kvserver import kv_pb2
 from kvserver.config import load_config
 from rpc import LocalProtocolError, RpcChannel, RpcError, Status, parse_response
 
-__all__ = ["MAX_BATCH", "AsyncClerk", "Clerk", "ClerkError", "ClerkTimeout"]
+__all__ = [
+    "MAX_BATCH",
+    "AsyncClerk",
+    "BadRequest",
+    "Clerk",
+    "ClerkError",
+    "ClerkTimeout",
+    "RequestRefused",
+    "ServerError",
+    "TooLarge",
+]
 
 _SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KvServer"].full_name
 _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply}
@@ -62,6 +78,36 @@ class ClerkError(Exception):
 class ClerkTimeout(ClerkError, TimeoutError):
     """The operation did not complete within the clerk's timeout. A write may
     or may not have been applied."""
+
+
+class RequestRefused(ClerkError):
+    """The cluster refused the operation as sent; the same request can never
+    succeed, so it is not retried. The message says why."""
+
+
+class BadRequest(RequestRefused, ValueError):
+    """A field the server cannot honour (kv.proto ``BAD_REQUEST``). Not applied."""
+
+
+class TooLarge(RequestRefused, ValueError):
+    """A key, value or request over a limit (kv.proto ``TOO_LARGE``, or a
+    frame over the RPC frame limit); the message names the limit. Not applied."""
+
+
+class ServerError(RequestRefused):
+    """The server failed to handle the call (RPC ``HANDLER_ERROR``,
+    ``BAD_REQUEST``, ``UNKNOWN_SERVICE`` or ``UNKNOWN_METHOD``): a bug or a
+    server that is not a KV node. A write may or may not have been applied."""
+
+
+#: RPC statuses that retrying the same call cannot change.
+_DETERMINISTIC = frozenset({Status.HANDLER_ERROR, Status.BAD_REQUEST,
+                            Status.UNKNOWN_SERVICE, Status.UNKNOWN_METHOD})
+#: KV error codes that end an operation with an exception, and which.
+_REFUSALS: dict[int, type[RequestRefused]] = {
+    kv_pb2.BAD_REQUEST: BadRequest,
+    kv_pb2.TOO_LARGE: TooLarge,
+}
 
 
 class AsyncClerk:
@@ -158,12 +204,19 @@ class AsyncClerk:
             rpc_timeout = min(self.rpc_timeout, remaining)
             try:
                 reply = await self._call(server, method, request, rpc_timeout)
+            except LocalProtocolError as exc:  # could not even be sent
+                raise TooLarge(f"{method} does not fit in an RPC frame: {exc}") from None
             except RpcError as exc:
+                if exc.status in _DETERMINISTIC:
+                    raise ServerError(f"{method} at server {server}: {exc}") from None
                 last_problem = f"server {server}: {exc}"
                 self._leader = (server + 1) % len(self.servers)
             else:
                 if reply.err in (kv_pb2.OK, kv_pb2.NO_KEY):
                     return reply
+                refused = _REFUSALS.get(reply.err)
+                if refused is not None:
+                    raise refused(f"{method} refused: {reply.error}")
                 last_problem = f"server {server}: {kv_pb2.ErrorCode.Name(reply.err)}"
                 if reply.err == kv_pb2.WRONG_LEADER:
                     hint = reply.leader_hint
@@ -273,6 +326,11 @@ class AsyncClerk:
                 reply = parse_response(body_type, reply)
             if len(ops) == 1:
                 replies = [reply]
+            elif reply.err in _REFUSALS:
+                # The batch as a whole (its size or count) is over a limit
+                # of this server: each operation may still be fine alone.
+                self._send_alone(server, ops)
+                return
             elif reply.err != kv_pb2.OK:
                 replies = [reply] * len(ops)
             else:
@@ -301,15 +359,20 @@ class AsyncClerk:
         whole_batch = isinstance(exc, LocalProtocolError) or status in (
             Status.HANDLER_ERROR, Status.UNKNOWN_METHOD)
         if len(ops) > 1 and whole_batch:
-            for op in ops:
-                if not op[2].done():
-                    self._send_ops(server, [op])
+            self._send_alone(server, ops)
             return
         for _, _, future, _ in ops:
             if not future.done():
                 # Each operation its own exception object (tracebacks differ).
                 future.set_exception(
                     RpcError(exc.status, exc.message) if isinstance(exc, RpcError) else exc)
+
+
+    def _send_alone(self, server: int, ops: list[_Queued]) -> None:
+        """Send each operation of a batch that failed as a whole in its own call."""
+        for op in ops:
+            if not op[2].done():
+                self._send_ops(server, [op])
 
 
 class Clerk:

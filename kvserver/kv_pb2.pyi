@@ -394,6 +394,7 @@ class Command(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     ACK_SEQ_FIELD_NUMBER: _builtins.int
     STAMP_MS_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     op: Global___Op.ValueType
     key: _builtins.str
     value: _builtins.str
@@ -401,8 +402,15 @@ class Command(_message.Message):
     seq: _builtins.int
     ack_seq: _builtins.int
     stamp_ms: _builtins.int
-    """Leader's wall clock (ms) when proposed: the only clock the replicas
-    share, so session expiry decided from it is the same on every replica.
+    """Cluster time (ms) when proposed: the state machine's clock advanced by
+    the proposing leader's monotonic time since it took office (never a
+    wall clock; kvserver/service.py). Session expiry is decided from it.
+    """
+    max_value_bytes: _builtins.int
+    """The leader's max_value_bytes when proposed (kvserver/limits.py): an
+    APPEND that would leave a longer value is refused when applied, by
+    every replica alike whatever its own setting. 0: no limit (commands
+    written by versions before 0.4).
     """
     def __init__(
         self,
@@ -414,10 +422,11 @@ class Command(_message.Message):
         seq: _builtins.int = ...,
         ack_seq: _builtins.int = ...,
         stamp_ms: _builtins.int = ...,
+        max_value_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "client_id", b"client_id", "key", b"key", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "client_id", b"client_id", "key", b"key", "max_value_bytes", b"max_value_bytes", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,6 +1,8 @@
 """``kvserver``: run node I of the cluster described by a config file.
 
-    kvserver --id I -f test.conf [--data-dir DIR] [--max-raft-state BYTES] [--log-level L]
+    kvserver --id I -f test.conf [--data-dir DIR] [--max-raft-state BYTES]
+             [--max-key-bytes B] [--max-value-bytes B] [--max-request-bytes B]
+             [--log-level L]
 
 Recovers from ``--data-dir`` (default ``data/node<I>``) after any crash.
 Stops cleanly on SIGTERM or SIGINT (exit 0). Exit 2 with one line on stderr
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from kvserver.config import ConfigError, load_config
+from kvserver.limits import Limits, LimitsError
 from kvserver.server import KvNode, KvNodeOptions
 from raft.storage import StorageError
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
@@ -70,8 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where the WAL and snapshots live (data/node<I>)")
     parser.add_argument("--max-raft-state", type=positive_int, default=None,
                         help="snapshot when the Raft log passes this many bytes")
+    defaults = Limits()
+    parser.add_argument("--max-key-bytes", type=positive_int, default=defaults.max_key_bytes,
+                        help="largest key, in UTF-8 bytes (%(default)s)")
+    parser.add_argument("--max-value-bytes", type=positive_int,
+                        default=defaults.max_value_bytes,
+                        help="largest value a PUT sets or an APPEND leaves (%(default)s)")
+    parser.add_argument("--max-request-bytes", type=positive_int,
+                        default=defaults.max_request_bytes,
+                        help="largest request: one write, or a whole Batch (%(default)s)")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = parser.parse_args(argv)
+    try:
+        limits = Limits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes,
+                        max_request_bytes=args.max_request_bytes).validate()
+    except LimitsError as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
     try:
         config = load_config(args.config)
         config.node(args.id)
@@ -79,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, str(exc), EXIT_USAGE)
     _configure_logging(args.id, args.log_level)
     data_dir = args.data_dir or f"data/node{args.id}"
-    options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state)
+    options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state,
+                            limits=limits)
     try:
         node = KvNode(config, args.id, options)
     except StorageError as exc:

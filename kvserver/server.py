@@ -9,10 +9,11 @@ clients share the port, as in the seed).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvserver.config import ClusterConfig
+from kvserver.limits import Limits
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import KvStateMachine
 from raft.file_storage import FileStorage
@@ -33,6 +34,8 @@ class KvNodeOptions:
     #: so the data dir stays near --max-raft-state.
     snapshot_catchup_entries: int = 100
     request_timeout: float = 2.0
+    #: Sizes a request may have (checked on arrival; kvserver/limits.py).
+    limits: Limits = field(default_factory=Limits)
 
 
 class KvNode:
@@ -62,8 +65,10 @@ class KvNode:
             self.state_machine,
             address=str(self.address),
             request_timeout=options.request_timeout,
+            limits=options.limits,
         )
-        self.provider = RpcProvider(self.address.host, self.address.port)
+        self.provider = RpcProvider(self.address.host, self.address.port,
+                                    max_frame_size=options.limits.max_frame_bytes)
         self.provider.register(KV_SERVICE, self.service)
         self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request))
         self._started = False

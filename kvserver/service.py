@@ -6,6 +6,17 @@ and answered once applied; reads go through ReadIndex (no log entry) and are
 answered from the local state machine once it has applied up to the read
 index, so a deposed or partitioned leader, which cannot get a quorum to
 confirm its leadership, never answers a read.
+
+Every request is checked on arrival, before anything is proposed: a field
+the server cannot honour (seq 0, client_id 0, an unknown op, ack_seq above
+seq, a DELETE carrying a value, too many operations in a Batch) is refused
+with BAD_REQUEST, a size over a limit (``kvserver.limits``) with TOO_LARGE;
+both carry an ``error`` text and are never acknowledged and dropped.
+
+Each write carries a *cluster time* stamp for session expiry: the state
+machine's clock when this node became leader plus this node's monotonic
+time since (LogCabin's ClusterClock). No node's wall clock is read, so a
+skewed or jumping clock cannot expire sessions early (state_machine.py).
 """
 
 from __future__ import annotations
@@ -13,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 from kvserver import kv_pb2
-from kvserver.state_machine import KvStateMachine, encode_command
+from kvserver.limits import Limits, utf8_size
+from kvserver.state_machine import Applied, KvStateMachine, encode_command
 from raft.core import NotLeader, ProposalDropped
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
@@ -33,27 +45,23 @@ R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply, kv_pb2.BatchReply)
 #: What a handler returns: the reply now, or a future of it.
 Answer: TypeAlias = R | Promise[R]
 
+_OPS = frozenset(kv_pb2.Op.values())
 
-def _put_ok() -> kv_pb2.PutAppendReply:
+
+def _written(result: tuple[int, Applied]) -> kv_pb2.PutAppendReply:
+    """The reply for a write the node applied: (index, what apply did)."""
+    if result[1] is Applied.TOO_LARGE:
+        return kv_pb2.PutAppendReply(
+            err=kv_pb2.TOO_LARGE,
+            error="the value this APPEND would leave is over the limit max_value_bytes")
     return kv_pb2.PutAppendReply(err=kv_pb2.OK)
 
 
-def _now_ms() -> int:
-    # The leader's clock, carried in each entry, is what expires sessions
-    # identically on every replica (state_machine.py).
-    return int(time.time() * 1000)
-
-
-def _command(request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
-    return encode_command(kv_pb2.Command(
-        op=request.op,
-        key=request.key,
-        value=request.value,
-        client_id=request.client_id,
-        seq=request.seq,
-        ack_seq=request.ack_seq,
-        stamp_ms=stamp_ms,
-    ))
+def _merge(refusals: Sequence[R | None], replies: list[R]) -> list[R]:
+    """Replies in request order: each refusal where it stood, the replies of
+    the operations that went ahead, in order, in the other places."""
+    rest = iter(replies)
+    return [next(rest) if no is None else no for no in refusals]
 
 
 def _outcome(future: Promise[Any]) -> BaseException | None:
@@ -82,12 +90,95 @@ class KvService:
         *,
         address: str = "",
         request_timeout: float = 2.0,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._sm = state_machine
         self._address = address
         self.request_timeout = request_timeout
+        self.limits = (limits or Limits()).validate()
         self.shutting_down = False
+        # Cluster time (see the module doc): the term this node last led in,
+        # the state machine's clock then, and the monotonic time then.
+        self._clock = clock
+        self._clock_term = -1
+        self._clock_base_ms = 0
+        self._clock_base = 0.0
+
+    def _stamp_ms(self) -> int:
+        """Cluster time now (ms), for the writes proposed now."""
+        now = self._clock()
+        term = self._node.term
+        if term != self._clock_term:
+            self._clock_term = term
+            self._clock_base_ms = self._sm.clock_ms
+            self._clock_base = now
+        elapsed_ms = int((now - self._clock_base) * 1000)
+        # Never behind what is applied: a lagging base only slows the clock.
+        return max(self._sm.clock_ms, self._clock_base_ms + max(0, elapsed_ms))
+
+    def _command(self, request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
+        return encode_command(kv_pb2.Command(
+            op=request.op,
+            key=request.key,
+            value=request.value,
+            client_id=request.client_id,
+            seq=request.seq,
+            ack_seq=request.ack_seq,
+            stamp_ms=stamp_ms,
+            max_value_bytes=self.limits.max_value_bytes,
+        ))
+
+    # -- checks on arrival -------------------------------------------------
+
+    def _get_refusal(self, request: kv_pb2.GetRequest) -> kv_pb2.GetReply | None:
+        """The TOO_LARGE reply for a Get the server will not serve, else None."""
+        problem = self.limits.key_error(request.key)
+        if problem is None:
+            return None
+        return kv_pb2.GetReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
+
+    def _write_refusal(self, request: kv_pb2.PutAppendRequest) -> kv_pb2.PutAppendReply | None:
+        """The BAD_REQUEST or TOO_LARGE reply for a write the server cannot
+        apply correctly as sent (never acknowledged), else None."""
+        problem: str | None
+        if request.client_id == 0:
+            problem = "client_id must not be 0"
+        elif request.seq == 0:
+            problem = "seq must be at least 1 (a client numbers its writes 1, 2, ...)"
+        elif request.ack_seq > request.seq:
+            problem = (f"ack_seq {request.ack_seq} is above seq {request.seq} (it is the "
+                       f"lowest seq whose reply the client has not seen, this one included)")
+        elif request.op not in _OPS:
+            problem = f"unknown op {request.op}"
+        elif request.op == kv_pb2.DELETE and request.value:
+            problem = "a DELETE carries no value"
+        else:
+            limits = self.limits
+            problem = limits.key_error(request.key) or limits.value_error(request.value)
+            if problem is None and request.op == kv_pb2.APPEND:
+                # Checked again when applied (state_machine.py): appends
+                # still in the log may lengthen the value meanwhile.
+                problem = limits.appended_error(
+                    self._sm.value_size(request.key) + utf8_size(request.value))
+            if problem is None:
+                return None
+            return kv_pb2.PutAppendReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
+        return kv_pb2.PutAppendReply(err=kv_pb2.BAD_REQUEST, error=problem, leader_hint=-1)
+
+    def _batch_refusal(self, request: kv_pb2.BatchRequest) -> kv_pb2.BatchReply | None:
+        """A refusal of a whole Batch (too many operations or bytes), else None."""
+        count = len(request.gets) + len(request.writes)
+        if count > self.limits.max_batch_ops:
+            return kv_pb2.BatchReply(
+                err=kv_pb2.BAD_REQUEST, leader_hint=-1,
+                error=f"a Batch of {count} operations, over the limit "
+                      f"max_batch_ops={self.limits.max_batch_ops}")
+        problem = self.limits.request_error(request.ByteSize())
+        if problem is not None:
+            return kv_pb2.BatchReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
+        return None
 
     def _bound(self, future: Promise[Any]) -> None:
         """Fail ``future`` with TimeoutError after ``request_timeout``: the
@@ -113,7 +204,7 @@ class KvService:
         raise exc
 
     def _answer(self, outcome: Promise[Any], reply_type: type[R],
-                ok: Callable[[], R]) -> Promise[R]:
+                ok: Callable[[Any], R]) -> Promise[R]:
         """The reply future for the node's future ``outcome``, bounded by
         ``request_timeout`` (see ``_settle``)."""
         self._bound(outcome)
@@ -122,15 +213,16 @@ class KvService:
         return reply
 
     def _settle(self, reply: Promise[R], outcome: Promise[Any],
-                reply_type: type[R], ok: Callable[[], R]) -> None:
-        """Answer ``reply`` from the node's future ``outcome``: ``ok()`` on
-        success, the matching refusal on a known failure, and anything else
-        as a handler error (the provider reports it to the caller)."""
+                reply_type: type[R], ok: Callable[[Any], R]) -> None:
+        """Answer ``reply`` from the node's future ``outcome``: ``ok(result)``
+        on success, the matching refusal on a known failure, and anything
+        else as a handler error (the provider reports it to the caller)."""
         if reply.done():
             return  # the provider gave up on the call
         exc = _outcome(outcome)
         try:
-            reply.set_result(ok() if exc is None else self._refusal(exc, reply_type))
+            reply.set_result(
+                ok(outcome.result()) if exc is None else self._refusal(exc, reply_type))
         except Exception as err:  # handed to the provider: HANDLER_ERROR
             reply.set_exception(err)
 
@@ -144,7 +236,7 @@ class KvService:
 
     @returns_future
     def Get(self, request: kv_pb2.GetRequest) -> Answer[kv_pb2.GetReply]:
-        refused = self._serving(kv_pb2.GetReply)
+        refused = self._serving(kv_pb2.GetReply) or self._get_refusal(request)
         if refused is not None:
             return refused
         try:
@@ -153,7 +245,7 @@ class KvService:
             return self._refusal(exc, kv_pb2.GetReply)
         key = request.key
 
-        def value() -> kv_pb2.GetReply:
+        def value(_: int) -> kv_pb2.GetReply:
             # Applied up to the read index (or later): any state from here on
             # is linearizable for this read.
             v = self._sm.get(key)
@@ -165,37 +257,40 @@ class KvService:
 
     @returns_future
     def PutAppend(self, request: kv_pb2.PutAppendRequest) -> Answer[kv_pb2.PutAppendReply]:
-        refused = self._serving(kv_pb2.PutAppendReply)
+        refused = self._serving(kv_pb2.PutAppendReply) or self._write_refusal(request)
         if refused is not None:
             return refused
         try:
-            applied = self._node.propose_future(_command(request, _now_ms()))
+            applied = self._node.propose_future(self._command(request, self._stamp_ms()))
         except (NotLeader, ProposalDropped, NodeStopped) as exc:
             return self._refusal(exc, kv_pb2.PutAppendReply)
-        return self._answer(applied, kv_pb2.PutAppendReply, _put_ok)
+        return self._answer(applied, kv_pb2.PutAppendReply, _written)
 
     @returns_future
     def Batch(self, request: kv_pb2.BatchRequest) -> Answer[kv_pb2.BatchReply]:
         """Many operations of one client: one Raft entry per write, proposed
         together, and one ReadIndex round for all gets; each operation is
-        answered as ``Get``/``PutAppend`` would have, in request order."""
-        refused = self._serving(kv_pb2.BatchReply)
+        answered as ``Get``/``PutAppend`` would have, in request order (an
+        operation refused on arrival gets its own refusal, the others go on)."""
+        refused = self._serving(kv_pb2.BatchReply) or self._batch_refusal(request)
         if refused is not None:
             return refused
-        gets = request.gets
-        writes = request.writes
+        get_refusals = [self._get_refusal(g) for g in request.gets]
+        write_refusals = [self._write_refusal(w) for w in request.writes]
+        keys = [g.key for g, no in zip(request.gets, get_refusals, strict=True) if no is None]
+        writes = [w for w, no in zip(request.writes, write_refusals, strict=True) if no is None]
         pending: list[Promise[Any]] = []
         try:
-            written: list[Promise[tuple[int, Any]]] = []
+            written: list[Promise[tuple[int, Applied]]] = []
             if writes:
-                stamp_ms = _now_ms()
+                stamp_ms = self._stamp_ms()
                 written = self._node.propose_futures(
-                    [_command(w, stamp_ms) for w in writes]
+                    [self._command(w, stamp_ms) for w in writes]
                 )
                 # They settle in index order: the last settles after all.
                 pending.append(written[-1])
             read: Promise[int] | None = None
-            if gets:
+            if keys:
                 read = self._node.read_index_future()
                 pending.append(read)
         except (NotLeader, ProposalDropped, NodeStopped) as exc:
@@ -203,11 +298,17 @@ class KvService:
             # read cannot fail after it (same checks). Were it otherwise, a
             # retry with the same seqs would still apply each write once.
             return self._refusal(exc, kv_pb2.BatchReply)
+
+        def answer() -> kv_pb2.BatchReply:
+            reply = kv_pb2.BatchReply(err=kv_pb2.OK)
+            reply.gets.extend(_merge(get_refusals, self._read_replies(keys, read)))
+            reply.writes.extend(_merge(write_refusals, self._write_replies(written)))
+            return reply
+
         reply: Promise[kv_pb2.BatchReply] = Promise()
         if not pending:
-            reply.set_result(kv_pb2.BatchReply(err=kv_pb2.OK))
+            reply.set_result(answer())
             return reply
-        keys = [g.key for g in gets]
         outstanding = len(pending)
 
         def settle(_: Promise[Any]) -> None:
@@ -216,7 +317,7 @@ class KvService:
             if outstanding or reply.done():
                 return
             try:
-                reply.set_result(self._batch_reply(keys, read, written))
+                reply.set_result(answer())
             except Exception as err:  # handed to the provider: HANDLER_ERROR
                 reply.set_exception(err)
 
@@ -225,38 +326,32 @@ class KvService:
             future.add_done_callback(settle)
         return reply
 
-    def _batch_reply(
-        self,
-        keys: list[str],
-        read: Promise[int] | None,
-        written: list[Promise[tuple[int, Any]]],
-    ) -> kv_pb2.BatchReply:
-        reply = kv_pb2.BatchReply(err=kv_pb2.OK)
-        if keys:
-            assert read is not None
-            exc = _outcome(read)
-            if exc is None:
-                # Applied up to the read index (or later): linearizable.
-                value = self._sm.get
-                add_get = reply.gets.add
-                for key in keys:
-                    v = value(key)
-                    if v is None:
-                        add_get(err=kv_pb2.NO_KEY)
-                    else:
-                        add_get(value=v)
-            else:
-                refusal = self._refusal(exc, kv_pb2.GetReply)
-                for _ in keys:
-                    reply.gets.append(refusal)
-        add_write = reply.writes.add
+    def _read_replies(self, keys: list[str], read: Promise[int] | None) -> list[kv_pb2.GetReply]:
+        """One reply per key, once ``read`` (their ReadIndex round) is settled."""
+        if not keys:
+            return []
+        assert read is not None
+        exc = _outcome(read)
+        if exc is not None:
+            return [self._refusal(exc, kv_pb2.GetReply)] * len(keys)
+        # Applied up to the read index (or later): linearizable.
+        value = self._sm.get
+        replies = []
+        for key in keys:
+            v = value(key)
+            replies.append(kv_pb2.GetReply(err=kv_pb2.NO_KEY) if v is None
+                           else kv_pb2.GetReply(value=v))
+        return replies
+
+    def _write_replies(
+        self, written: list[Promise[tuple[int, Applied]]]
+    ) -> list[kv_pb2.PutAppendReply]:
+        replies = []
         for future in written:
             exc = _outcome(future)
-            if exc is None:
-                add_write()
-            else:
-                reply.writes.append(self._refusal(exc, kv_pb2.PutAppendReply))
-        return reply
+            replies.append(_written(future.result()) if exc is None
+                           else self._refusal(exc, kv_pb2.PutAppendReply))
+        return replies
 
     async def TransferLeader(
         self, request: kv_pb2.TransferLeaderRequest

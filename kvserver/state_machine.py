@@ -20,24 +20,45 @@ no data, so remembering "applied" is enough. This holds with many writes of
 one client in flight at once, in any order.
 
 Session expiry, decided in ``apply`` so every replica expires the same ones:
-the state machine's clock is the largest leader stamp applied so far; a
-session idle for longer than ``session_ttl_ms`` of that clock is dropped, and
-when there are more than ``max_sessions`` the least recently active is
-dropped. Guarantee left: a write is applied at most once as long as its
-retries reach the cluster within ``session_ttl_ms`` (default one hour; the
-Clerk gives up after its timeout, seconds) and fewer than ``max_sessions``
-other clients were active since. A client whose session expired is treated as
-new.
+the state machine's clock is the largest stamp applied so far; a session idle
+for longer than ``session_ttl_ms`` of that clock is dropped, and when there
+are more than ``max_sessions`` the least recently active is dropped.
+
+The stamps are *cluster time*, not any node's wall clock (LogCabin's
+ClusterClock; Raft dissertation 6.3): a leader stamps the clock it found
+applied when it took office plus its own monotonic time since
+(``kvserver.service``). So one node's wall clock being hours ahead or behind,
+or jumping, expires nobody early; cluster time advances no faster than real
+time elapses on the current leader, and not at all between leaders, so a
+session lives at least ``session_ttl_ms`` of real time after its last
+request.
+
+Guarantee left: a write is applied at most once as long as its retries reach
+the cluster within ``session_ttl_ms`` (default one hour; the Clerk gives up
+after its timeout, seconds) and fewer than ``max_sessions`` other clients
+were active since. A client whose session expired is treated as new.
+
+Limits (``kvserver.limits``): an APPEND that would leave a value longer than
+the ``max_value_bytes`` stamped in its command is refused (``TOO_LARGE``):
+nothing changes and its seq is not recorded, so a retry is judged afresh.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from kvserver import kv_pb2
+from kvserver.limits import utf8_size
 
-__all__ = ["KvStateMachine", "SnapshotFormatError", "decode_command", "encode_command"]
+__all__ = [
+    "Applied",
+    "KvStateMachine",
+    "SnapshotFormatError",
+    "decode_command",
+    "encode_command",
+]
 
 SNAPSHOT_VERSION = 1
 DEFAULT_SESSION_TTL_MS = 3_600_000
@@ -46,6 +67,18 @@ DEFAULT_MAX_SESSIONS = 100_000
 
 class SnapshotFormatError(Exception):
     """A snapshot this version cannot read."""
+
+
+class Applied(enum.Enum):
+    """What ``apply`` did with a command."""
+
+    #: The write took effect.
+    DONE = "done"
+    #: The client's seq was applied before (or acknowledged): nothing changed.
+    DUPLICATE = "duplicate"
+    #: An APPEND that would pass the command's ``max_value_bytes``: nothing
+    #: changed, the seq is not recorded.
+    TOO_LARGE = "too large"
 
 
 @dataclass(slots=True)
@@ -109,8 +142,17 @@ class KvStateMachine:
 
     # -- the replicated part -------------------------------------------------
 
-    def apply(self, index: int, data: bytes) -> bool:
-        """Apply one committed command; returns False if it was a duplicate."""
+    @property
+    def clock_ms(self) -> int:
+        """Cluster time: the largest stamp applied so far (ms)."""
+        return self._clock_ms
+
+    def value_size(self, key: str) -> int:
+        """Bytes of ``key``'s value (0 when absent), as ``kvserver.limits`` counts."""
+        return utf8_size(self._data.get(key, ""))
+
+    def apply(self, index: int, data: bytes) -> Applied:
+        """Apply one committed command; what it did (``Applied``)."""
         cmd = decode_command(data)
         client_id = cmd.client_id
         if cmd.stamp_ms > self._clock_ms:
@@ -129,12 +171,15 @@ class KvStateMachine:
         session.acknowledge(cmd.ack_seq)
         seq = cmd.seq
         if session.is_duplicate(seq):
-            return False
+            return Applied.DUPLICATE
+        if (cmd.op == kv_pb2.APPEND and cmd.max_value_bytes
+                and self.value_size(cmd.key) + utf8_size(cmd.value) > cmd.max_value_bytes):
+            return Applied.TOO_LARGE
         session.applied.add(seq)
         self._apply_op(cmd.op, cmd.key, cmd.value)
         while len(sessions) > self.max_sessions:
             sessions.popitem(last=False)
-        return True
+        return Applied.DONE
 
     def _apply_op(self, op: int, key: str, value: str) -> None:
         if op == kv_pb2.PUT:

@@ -54,7 +54,7 @@ from random import Random
 from typing import Any, Protocol
 
 from raft.core import Config, NotLeader, RaftCore, Ready
-from raft.storage import Storage
+from raft.storage import Storage, StorageError
 from raft.types import Entry, EntryType, Message, MessageType, Role, Snapshot
 from rpc import Promise
 
@@ -459,6 +459,10 @@ class RaftNode:
     def leader(self) -> int:
         return self._core.leader
 
+    @property
+    def term(self) -> int:
+        return self._core.term
+
     # -- the drain ---------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -506,7 +510,10 @@ class RaftNode:
     def _fatal(self, exc: Exception) -> None:
         # Storage failures (full disk, failed fsync) leave the on-disk state
         # unknown: stop rather than continue (fail-stop).
-        self._log.critical("node %d: fatal error, stopping: %s", self.id, exc, exc_info=True)
+        # A storage failure is the disk's doing: one line says it all. Anything
+        # else is a bug, and its traceback is what a report needs.
+        self._log.critical("node %d: fatal error, stopping: %s", self.id, exc,
+                           exc_info=not isinstance(exc, (StorageError, OSError)))
         self._failure = exc
         self._failed.set()
         self._stopped = True

@@ -139,14 +139,23 @@ class RpcTransport:
             log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
             return
         method = RPC_METHOD[msg.type]
-        request = message_to_pb(msg, self._packed(msg.entries) if msg.entries else None)
-        # Fast path, connected: no coroutine, no Task, the reply handled in a
-        # callback. Otherwise a Task that connects first.
-        # A Promise: the reply is stepped into the node as soon as it is
-        # read, not a loop iteration later.
-        future = channel.start_call(
-            _SERVICE_NAME, method, request, timeout=self._timeout, promise=True
-        )
+        try:
+            request = message_to_pb(msg, self._packed(msg.entries) if msg.entries else None)
+            # Fast path, connected: no coroutine, no Task, the reply handled
+            # in a callback. Otherwise a Task that connects first.
+            # A Promise: the reply is stepped into the node as soon as it is
+            # read, not a loop iteration later.
+            future = channel.start_call(
+                _SERVICE_NAME, method, request, timeout=self._timeout, promise=True
+            )
+        except Exception as exc:  # e.g. LocalProtocolError: a frame over the limit
+            # One message that cannot be sent must not stop the node: Raft
+            # treats it as lost and sends again (a probe, the next heartbeat).
+            # The request limits (kvserver/limits.py) keep every entry small
+            # enough that this is a bug, not a load, hence the error level.
+            log.error("node %d: %s to %d (%d entries) dropped: %s", self._id, method,
+                      msg.dst, len(msg.entries), exc)
+            return
         if future is not None:
             future.add_done_callback(partial(self._on_reply, msg))
             return

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from clerk import AsyncClerk
+from clerk import AsyncClerk, TooLarge
 from clerk.client import MAX_BATCH, MAX_BATCH_BYTES
 from kvserver import kv_pb2
 from kvserver.config import format_config, parse_config
 from kvserver.launcher import free_ports
 from kvserver.server import KvNode, KvNodeOptions
 from kvserver.service import KV_SERVICE, KvService
-from rpc import LocalProtocolError, RpcChannel, RpcError, Status, Stub
+from rpc import RpcChannel, RpcError, Status, Stub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -243,7 +243,7 @@ async def test_operations_too_large_for_one_frame_together_go_one_by_one(
                 ck.put("small", "y"), ck.put("huge", "x" * 5000), ck.put("s2", "z"),
                 return_exceptions=True)
             assert results[0] is None and results[2] is None
-            assert isinstance(results[1], LocalProtocolError)
+            assert isinstance(results[1], TooLarge)
             assert await ck.get("s2") == "z" and await ck.get("huge") == ""
 
 

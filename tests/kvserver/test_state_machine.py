@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from kvserver import kv_pb2
 from kvserver.state_machine import (
+    Applied,
     KvStateMachine,
     SnapshotFormatError,
     encode_command,
@@ -17,9 +18,26 @@ from kvserver.state_machine import (
 
 
 def cmd(op: int, key: str, value: str = "", client: int = 1, seq: int = 1,
-        ack: int = 1, stamp: int = 0) -> bytes:
+        ack: int = 1, stamp: int = 0, max_value: int = 0) -> bytes:
     return encode_command(kv_pb2.Command(op=op, key=key, value=value, client_id=client,  # type: ignore[arg-type]
-                                         seq=seq, ack_seq=ack, stamp_ms=stamp))
+                                         seq=seq, ack_seq=ack, stamp_ms=stamp,
+                                         max_value_bytes=max_value))
+
+
+def test_append_past_the_stamped_limit_is_refused_and_not_recorded() -> None:
+    sm = KvStateMachine()
+    assert sm.apply(1, cmd(kv_pb2.APPEND, "k", "abc", seq=1, max_value=5)) is Applied.DONE
+    # Would leave 6 bytes (UTF-8: "é" is two): refused, nothing changes.
+    assert sm.apply(2, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.TOO_LARGE
+    assert sm.get("k") == "abc"
+    # The refused seq is not recorded: after the value shrank, its retry applies once.
+    sm.apply(3, cmd(kv_pb2.PUT, "k", "a", seq=3, max_value=5))
+    assert sm.apply(4, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.DONE
+    assert sm.apply(5, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.DUPLICATE
+    assert sm.get("k") == "axé"
+    # Exactly at the limit is allowed; 0 (older commands) means no limit.
+    assert sm.apply(6, cmd(kv_pb2.APPEND, "k", "z", seq=6, max_value=5)) is Applied.DONE
+    assert sm.apply(7, cmd(kv_pb2.APPEND, "k", "z" * 100, seq=7)) is Applied.DONE
 
 
 def test_put_append_delete_and_missing_key() -> None:
@@ -36,8 +54,8 @@ def test_put_append_delete_and_missing_key() -> None:
 
 def test_retried_request_applies_once() -> None:
     sm = KvStateMachine()
-    assert sm.apply(1, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is True
-    assert sm.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is False
+    assert sm.apply(1, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DONE
+    assert sm.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
     assert sm.get("k") == "x"
 
 
@@ -59,7 +77,7 @@ def test_acknowledged_replies_are_forgotten_but_still_deduplicated() -> None:
     (session,) = snap.sessions
     assert list(session.applied_seqs) == [100]  # bounded: only seqs >= ack_seq
     # A very late duplicate of seq 5 must not roll the value back.
-    assert sm.apply(101, cmd(kv_pb2.PUT, "k", "5", seq=5, ack=5)) is False
+    assert sm.apply(101, cmd(kv_pb2.PUT, "k", "5", seq=5, ack=5)) is Applied.DUPLICATE
     assert sm.get("k") == "100"
 
 
@@ -88,7 +106,7 @@ def test_snapshot_restores_keys_and_sessions() -> None:
     other = KvStateMachine()
     other.restore(sm.snapshot())
     assert other.get("k") == "x"
-    assert other.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is False  # dedup survived
+    assert other.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE  # dedup survived
     assert other.get("k") == "x"
     other.restore(b"")
     assert other.get("k") is None
