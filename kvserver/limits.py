@@ -48,6 +48,9 @@ __all__ = ["FRAME_OVERHEAD", "Limits", "LimitsError", "utf8_size"]
 FRAME_OVERHEAD = 64 * 1024
 
 
+DEFAULT_MAX_REQUEST_BYTES = 2 << 20
+
+
 class LimitsError(ValueError):
     """A combination of limits that could not be honoured."""
 
@@ -58,11 +61,17 @@ class Limits:
 
     max_key_bytes: int = 511
     max_value_bytes: int = 1 << 20
-    #: A whole request: one PutAppend, or every operation of a Batch.
-    max_request_bytes: int = 2 << 20
+    #: A whole request: one PutAppend, or every operation of a Batch. 0:
+    #: the larger of 2 MiB and what the largest single put needs.
+    max_request_bytes: int = 0
     max_batch_ops: int = 1024
     #: The RPC frame limit the node's port runs with.
     max_frame_bytes: int = DEFAULT_MAX_FRAME_SIZE
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes == 0:
+            derived = max(DEFAULT_MAX_REQUEST_BYTES, self.max_key_bytes + self.max_value_bytes)
+            object.__setattr__(self, "max_request_bytes", derived)
 
     def validate(self) -> Limits:
         """Self, or ``LimitsError`` naming the limit that does not fit."""

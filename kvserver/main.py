@@ -79,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-value-bytes", type=positive_int,
                         default=defaults.max_value_bytes,
                         help="largest value a PUT sets or an APPEND leaves (%(default)s)")
-    parser.add_argument("--max-request-bytes", type=positive_int,
-                        default=defaults.max_request_bytes,
-                        help="largest request: one write, or a whole Batch (%(default)s)")
+    parser.add_argument("--max-request-bytes", type=positive_int, default=0,
+                        help="largest request: one write, or a whole Batch (the larger of "
+                             "2 MiB and key + value limits)")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = parser.parse_args(argv)
     try:

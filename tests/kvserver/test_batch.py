@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,53 +14,11 @@ import pytest
 from clerk import AsyncClerk, TooLarge
 from clerk.client import MAX_BATCH, MAX_BATCH_BYTES
 from kvserver import kv_pb2
-from kvserver.config import format_config, parse_config
-from kvserver.launcher import free_ports
-from kvserver.server import KvNode, KvNodeOptions
-from kvserver.service import KV_SERVICE, KvService
-from rpc import RpcChannel, RpcError, Status, Stub
+from kvserver.service import KvService
+from rpc import RpcError, Status
+from tests.kvserver.inproc import WAIT, cluster, leader_of, put, stub_for
 
 pytestmark = pytest.mark.timeout(60)
-
-WAIT = 20.0
-
-
-@asynccontextmanager
-async def cluster(tmp_path: Path, request_timeout: float = 2.0) -> AsyncIterator[list[KvNode]]:
-    config = parse_config(format_config([("127.0.0.1", p) for p in free_ports(3)]))
-    nodes = [KvNode(config, i, KvNodeOptions(tmp_path / f"n{i}", request_timeout=request_timeout))
-             for i in range(3)]
-    try:
-        for node in nodes:
-            await node.start()
-        yield nodes
-    finally:
-        for node in nodes:
-            await node.stop()
-
-
-async def leader_of(nodes: list[KvNode]) -> KvNode:
-    async with asyncio.timeout(WAIT):
-        while True:
-            for node in nodes:
-                if node.node.is_leader:
-                    return node
-            await asyncio.sleep(0.01)
-
-
-@asynccontextmanager
-async def stub_for(node: KvNode) -> AsyncIterator[Any]:
-    channel = RpcChannel(node.address.host, node.address.port)
-    try:
-        yield Stub(channel, KV_SERVICE)
-    finally:
-        await channel.close()
-
-
-def put(key: str, value: str, seq: int, *, client_id: int = 7,
-        op: int = kv_pb2.PUT) -> kv_pb2.PutAppendRequest:
-    return kv_pb2.PutAppendRequest(key=key, value=value, op=op,  # type: ignore[arg-type]
-                                   client_id=client_id, seq=seq, ack_seq=1)
 
 
 async def test_batch_answers_each_operation_in_request_order(tmp_path: Path) -> None:

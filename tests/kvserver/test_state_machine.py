@@ -106,7 +106,8 @@ def test_snapshot_restores_keys_and_sessions() -> None:
     other = KvStateMachine()
     other.restore(sm.snapshot())
     assert other.get("k") == "x"
-    assert other.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE  # dedup survived
+    # The dedup survived the snapshot.
+    assert other.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
     assert other.get("k") == "x"
     other.restore(b"")
     assert other.get("k") is None

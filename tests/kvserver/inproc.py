@@ -1,0 +1,61 @@
+"""An in-process cluster of three ``KvNode``s (real TCP on 127.0.0.1, real
+files with fsync) and raw-request helpers, shared by the KV service tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from kvserver import kv_pb2
+from kvserver.config import format_config, parse_config
+from kvserver.launcher import free_ports
+from kvserver.limits import Limits
+from kvserver.server import KvNode, KvNodeOptions
+from kvserver.service import KV_SERVICE
+from rpc import RpcChannel, Stub
+
+#: Seconds any one wait of these tests may take.
+WAIT = 20.0
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, request_timeout: float = 2.0,
+                  limits: Limits | None = None) -> AsyncIterator[list[KvNode]]:
+    config = parse_config(format_config([("127.0.0.1", p) for p in free_ports(3)]))
+    options = [KvNodeOptions(tmp_path / f"n{i}", request_timeout=request_timeout,
+                             limits=limits or Limits()) for i in range(3)]
+    nodes = [KvNode(config, i, options[i]) for i in range(3)]
+    try:
+        for node in nodes:
+            await node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+async def leader_of(nodes: list[KvNode]) -> KvNode:
+    async with asyncio.timeout(WAIT):
+        while True:
+            for node in nodes:
+                if node.node.is_leader:
+                    return node
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def stub_for(node: KvNode) -> AsyncIterator[Any]:
+    channel = RpcChannel(node.address.host, node.address.port)
+    try:
+        yield Stub(channel, KV_SERVICE)
+    finally:
+        await channel.close()
+
+
+def put(key: str, value: str, seq: int, *, client_id: int = 7,
+        op: int = kv_pb2.PUT) -> kv_pb2.PutAppendRequest:
+    return kv_pb2.PutAppendRequest(key=key, value=value, op=op,  # type: ignore[arg-type]
+                                   client_id=client_id, seq=seq, ack_seq=1)
