@@ -81,6 +81,7 @@ class KvNode:
             {n.id: (n.host, n.port) for n in self.config.nodes},
             deliver=self.node.step,
             unreachable=self.node.report_unreachable,
+            max_frame_size=self.options.limits.max_frame_bytes,
         )
         self.node.set_transport(transport)
         await self.node.start()

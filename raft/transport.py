@@ -27,6 +27,7 @@ from raft import raft_pb2
 from raft.types import Entry, Message, MessageType
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries
 from rpc import Promise, RpcChannel, RpcError, Status, parse_response, returns_future
+from rpc.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["RAFT_SERVICE", "RaftService", "RpcTransport"]
 
@@ -116,10 +117,12 @@ class RpcTransport:
         deliver: Callable[[Message], None],
         unreachable: Callable[[int], None] | None = None,
         timeout: float = 2.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self._id = node_id
         self._channels = {
-            peer: RpcChannel(host, port, backoff_initial=0.02, backoff_max=0.5)
+            peer: RpcChannel(host, port, backoff_initial=0.02, backoff_max=0.5,
+                             max_frame_size=max_frame_size)
             for peer, (host, port) in peers.items()
             if peer != node_id
         }
