@@ -3,8 +3,23 @@
 Data directory layout::
 
     <dir>/LOCK          flock'ed while open: one process per directory
+    <dir>/MANIFEST      what wal/ must hold: the newest segment and how many of
+                        its bytes are durable, the sizes of the older ones
+                        (format: raft/manifest.py); MANIFEST.tmp while replaced
     <dir>/wal/*.wal     the segmented write-ahead log (format: raft/wal.py)
     <dir>/snap/*.snap   snapshot files (format: raft/snapshot_store.py)
+
+Durable state cannot silently shrink. The WAL detects damage inside its
+files; ``MANIFEST`` lets open detect what is simply gone, and refuse with a
+one-line ``MissingDurableStateError``: a missing newest segment, a missing
+``wal/`` (also without a manifest, when ``LOCK`` or ``snap/`` show the dir
+was used), an older segment of another size than when it was sealed, a
+newest segment shorter than its recorded durable floor. A fresh directory
+opens empty; one written before manifests opens as before and gets one.
+The manifest is rewritten (two fsyncs) only at open, at segment rotation,
+after a snapshot or a compaction and at a clean close, never per ``save``,
+so its floor lags the log: a loss of what was synced since then is
+indistinguishable from a torn write and is repaired as one.
 
 Semantics are exactly ``MemoryStorage``'s (same results, same exceptions; a
 contract suite runs against both), with "handed to save" replaced by "on
@@ -20,10 +35,15 @@ Durability, per method:
 * ``save(hs, entries, snapshot)``: an installed snapshot is first written as a
   file (temp, fsync, rename, fsync dir); then one WAL batch — ``SNAPSHOT``
   reset record, ``ENTRY`` records, ``HARD_STATE`` — goes out in one write
-  and one fdatasync (plus a directory fsync if the segment rotated). Only
-  then is memory updated, older snapshot files and dead segments deleted.
-* ``create_snapshot``: snapshot file durable, then a ``SNAPSHOT`` record.
-* ``compact``: a ``COMPACT`` record, then deletion of segments it obsoletes.
+  and one fdatasync (if the segment is full, a new one is created first:
+  its ``BASE`` synced, the directory synced, the manifest rewritten; once
+  per segment). Only then is memory updated, older snapshot files and dead
+  segments deleted (and, after an install, the manifest rewritten).
+* ``create_snapshot``: snapshot file durable, then a ``SNAPSHOT`` record,
+  then the manifest.
+* ``compact``: a ``COMPACT`` record, then deletion of segments it obsoletes,
+  then the manifest.
+* ``close``: the WAL synced, then the manifest (its floor then covers all).
 
 Failures are fail-stop. Any ``OSError`` while writing (``ENOSPC`` included,
 reported as "disk full") raises ``StorageFailedError`` and every later write

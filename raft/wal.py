@@ -50,8 +50,13 @@ one, and a CRC-valid record that does not decode, is corruption:
 ``CorruptLogError`` names the file and byte offset. In the last segment a
 defect (short header, length past the end, CRC mismatch, zero fill) is a
 *torn tail* — a write that the crash interrupted, never acknowledged — when
-no valid record follows it anywhere in the file: the file is truncated back
-to the end of the last complete batch, synced, and a warning logged. If a
+no valid record follows it anywhere in the file and it lies beyond the
+durable floor the manifest records: the file is truncated back to the end
+of the last complete batch, synced, and a warning logged that says why the
+dropped bytes were not acknowledged (no end-of-batch record among them) or
+how they could have been (the damaged record is marked end-of-batch: the
+batch was complete when written, so only a disk losing synced bytes could
+have cost an acknowledged write). If a
 valid record does follow, the damage is in the middle of the log and
 recovery refuses (never silent loss). A torn write that persisted a later
 page of the final batch but not an earlier one is therefore reported as
@@ -61,8 +66,14 @@ Segment rotation and deletion
 =============================
 
 Before a batch, if the current segment has reached ``segment_bytes``, a new
-one is created, its ``BASE`` written in the same buffer as the batch, the file
-synced and then the directory synced (a new name is durable only then).
+one is created: its ``BASE`` written, the file synced and then the directory
+synced (a new name is durable only then); then the data dir's manifest is
+updated to name it (``raft/manifest.py``), and only then does the segment
+take the batch. So a segment a batch was acknowledged from is always named
+by the manifest, and open refuses to start without it
+(``MissingDurableStateError``); the manifest also records each older
+segment's final size and a (lagging) floor of the newest one's durable
+bytes, below which a defect is corruption, never a torn tail.
 ``release(index)`` deletes, oldest first, the segments before the current
 one whose live entries are all ``<= index``; it is called only after the
 ``COMPACT``/``SNAPSHOT`` record that makes them unnecessary is durable, and
