@@ -137,7 +137,8 @@ _SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.wal$")
 
 class CorruptLogError(StorageError):
     """The log is damaged where a crash cannot have damaged it: recovering
-    would silently lose acknowledged data, so the node must not start."""
+    would silently lose acknowledged data, so the node must not start.
+    ``offset`` is a byte offset in ``path``, or None for a whole file."""
 
     def __init__(self, path: str, offset: int | None, reason: str) -> None:
         where = "" if offset is None else f" at byte {offset}"
@@ -643,7 +644,8 @@ class Wal:
         for (a, na), (b, nb) in itertools.pairwise(found):
             if b != a + 1:
                 raise CorruptLogError(
-                    os.path.join(directory, nb), 0, f"segments {a + 1}..{b - 1} missing after {na}"
+                    os.path.join(directory, nb), None,
+                    f"segments {a + 1}..{b - 1} missing after {na}",
                 )
         check = _Expected(directory, manifest_path or "the manifest", expect, found)
         replay = _Replay()
