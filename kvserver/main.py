@@ -101,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         node = KvNode(config, args.id, options)
     except StorageError as exc:
-        fail(PROG, f"data dir {data_dir}: {exc}", EXIT_USAGE)
+        # Storage errors name their file or directory already; a prefix only
+        # when one does not ("data dir X: data dir X is in use" read badly).
+        text = str(exc)
+        fail(PROG, text if data_dir in text else f"data dir {data_dir}: {text}", EXIT_USAGE)
     except OSError as exc:
         fail(PROG, f"data dir {data_dir}: {exc.strerror or exc}", EXIT_USAGE)
     try:

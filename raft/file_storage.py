@@ -3,8 +3,23 @@
 Data directory layout::
 
     <dir>/LOCK          flock'ed while open: one process per directory
+    <dir>/MANIFEST      what wal/ must hold: the newest segment and how many of
+                        its bytes are durable, the sizes of the older ones
+                        (format: raft/manifest.py); MANIFEST.tmp while replaced
     <dir>/wal/*.wal     the segmented write-ahead log (format: raft/wal.py)
     <dir>/snap/*.snap   snapshot files (format: raft/snapshot_store.py)
+
+Durable state cannot silently shrink. The WAL detects damage inside its
+files; ``MANIFEST`` lets open detect what is simply gone, and refuse with a
+one-line ``MissingDurableStateError``: a missing newest segment, a missing
+``wal/`` (also without a manifest, when ``LOCK`` or ``snap/`` show the dir
+was used), an older segment of another size than when it was sealed, a
+newest segment shorter than its recorded durable floor. A fresh directory
+opens empty; one written before manifests opens as before and gets one.
+The manifest is rewritten (two fsyncs) only at open, at segment rotation,
+after a snapshot or a compaction and at a clean close, never per ``save``,
+so its floor lags the log: a loss of what was synced since then is
+indistinguishable from a torn write and is repaired as one.
 
 Semantics are exactly ``MemoryStorage``'s (same results, same exceptions; a
 contract suite runs against both), with "handed to save" replaced by "on
@@ -20,10 +35,15 @@ Durability, per method:
 * ``save(hs, entries, snapshot)``: an installed snapshot is first written as a
   file (temp, fsync, rename, fsync dir); then one WAL batch — ``SNAPSHOT``
   reset record, ``ENTRY`` records, ``HARD_STATE`` — goes out in one write
-  and one fdatasync (plus a directory fsync if the segment rotated). Only
-  then is memory updated, older snapshot files and dead segments deleted.
-* ``create_snapshot``: snapshot file durable, then a ``SNAPSHOT`` record.
-* ``compact``: a ``COMPACT`` record, then deletion of segments it obsoletes.
+  and one fdatasync (if the segment is full, a new one is created first:
+  its ``BASE`` synced, the directory synced, the manifest rewritten; once
+  per segment). Only then is memory updated, older snapshot files and dead
+  segments deleted (and, after an install, the manifest rewritten).
+* ``create_snapshot``: snapshot file durable, then a ``SNAPSHOT`` record,
+  then the manifest.
+* ``compact``: a ``COMPACT`` record, then deletion of segments it obsoletes,
+  then the manifest.
+* ``close``: the WAL synced, then the manifest (its floor then covers all).
 
 Failures are fail-stop. Any ``OSError`` while writing (``ENOSPC`` included,
 reported as "disk full") raises ``StorageFailedError`` and every later write
@@ -46,7 +66,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from raft.fileio import FileLock, FileSystem, OsFileSystem
+from raft.fileio import TMP_SUFFIX, FileLock, FileSystem, OsFileSystem
+from raft.manifest import (
+    MANIFEST_NAME,
+    CorruptManifestError,
+    Manifest,
+    MissingDurableStateError,
+    load_manifest,
+)
 from raft.snapshot_store import CorruptSnapshotError, SnapshotStore
 from raft.storage import (
     CompactedError,
@@ -69,8 +96,10 @@ from raft.wal import (
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "CorruptLogError",
+    "CorruptManifestError",
     "CorruptSnapshotError",
     "FileStorage",
+    "MissingDurableStateError",
     "StorageFailedError",
     "StorageLockedError",
 ]
@@ -87,9 +116,14 @@ class StorageFailedError(StorageError):
 
 
 def _describe(e: OSError) -> str:
+    """``e`` as a phrase for the end of a one-line message."""
     if e.errno == errno.ENOSPC:
         return "disk full (ENOSPC)"
-    return str(e)  # "[Errno 5] Input/output error: 'path'"
+    if e.strerror is None:
+        return str(e)
+    # Not str(e) ("[Errno 13] Permission denied: 'path'"): the errno number
+    # and the Python quoting are noise on an operator's terminal.
+    return e.strerror if e.filename is None else f"{e.strerror} ({e.filename})"
 
 
 class FileStorage(StoredLog):
@@ -118,6 +152,8 @@ class FileStorage(StoredLog):
         self._closed = False
         #: A commit-only change of the hard state not written yet (see save).
         self._hard_state_unwritten = False
+        #: The data dir had a LOCK before this open: it was used before.
+        self._had_lock = False
         self._lock = self._lock_dir()
         try:
             self._open(segment_bytes)
@@ -135,7 +171,9 @@ class FileStorage(StoredLog):
             if not exists and self._fsync:
                 # A new directory's own name lives in its parent.
                 fs.fsync_dir(os.path.dirname(os.path.abspath(self._dir)))
-            return fs.lock(os.path.join(self._dir, "LOCK"))
+            lock_path = os.path.join(self._dir, "LOCK")
+            self._had_lock = fs.exists(lock_path)
+            return fs.lock(lock_path)
         except BlockingIOError as e:
             raise StorageLockedError(
                 f"data dir {self._dir} is in use by another process (LOCK is held)"
@@ -145,17 +183,33 @@ class FileStorage(StoredLog):
 
     def _open(self, segment_bytes: int) -> None:
         fs = self._fs
+        manifest_path = os.path.join(self._dir, MANIFEST_NAME)
+        wal_dir = os.path.join(self._dir, "wal")
         try:
+            if fs.exists(manifest_path + TMP_SUFFIX):
+                fs.remove(manifest_path + TMP_SUFFIX)  # a crash during its update
+            expect = load_manifest(fs, manifest_path)
+            if not fs.isdir(wal_dir):
+                self._check_fresh(wal_dir, manifest_path, expect)
+            # wal/ before snap/ (a crash between them must not leave snap/
+            # alone: that reads as a lost wal/), and both durable before the
+            # manifest is written, which vouches for wal/.
+            fs.makedirs(wal_dir)
             self._snaps = SnapshotStore(fs, os.path.join(self._dir, "snap"), fsync=self._fsync)
             self._snaps.remove_temporaries()
-            self._wal, rec = Wal.open(
-                fs,
-                os.path.join(self._dir, "wal"),
-                segment_bytes=segment_bytes,
-                fsync=self._fsync,
-            )
             if self._fsync:
                 fs.fsync_dir(self._dir)  # the wal/ and snap/ entries themselves
+            self._wal, rec = Wal.open(
+                fs,
+                wal_dir,
+                segment_bytes=segment_bytes,
+                fsync=self._fsync,
+                manifest_path=manifest_path,
+                expect=expect,
+            )
+            if expect is None:
+                log.info("%s: wrote %s (none before: a new data dir or an older release's)",
+                         self._dir, MANIFEST_NAME)
             self._hard_state = rec.hard_state
             self._entries = rec.entries
             self._snapshot = self._load_snapshot(rec.snap_index, rec.snap_term)
@@ -169,6 +223,29 @@ class FileStorage(StoredLog):
             self.last_index(),
             self._hard_state,
         )
+
+    def _check_fresh(self, wal_dir: str, manifest_path: str, expect: Manifest | None) -> None:
+        """``wal/`` does not exist: fine for a new data dir, but if anything
+        shows the directory was used, the log was lost with it."""
+        if expect is not None:
+            if not expect.newest:
+                # No segment was ever created (one is recorded before it takes
+                # a batch): nothing was written that could be lost.
+                log.warning("%s is missing; %s records no segment: starting empty",
+                            wal_dir, manifest_path)
+                return
+            raise MissingDurableStateError(
+                f"{wal_dir} is missing: {manifest_path} records {expect.newest} as the "
+                "newest WAL segment; starting with an empty log would lose acknowledged writes"
+            )
+        snap_dir = os.path.join(self._dir, "snap")
+        if self._had_lock or self._fs.exists(snap_dir):
+            evidence = "LOCK" if self._had_lock else "snap/"
+            raise MissingDurableStateError(
+                f"{wal_dir} is missing, but {os.path.join(self._dir, evidence)} shows the data dir "
+                "was used before; starting with an empty log would lose acknowledged writes "
+                "(if no node ever ran here, delete the data dir)"
+            )
 
     def _load_snapshot(self, index: int, term: int) -> Snapshot:
         """The snapshot the WAL names; files it does not name are leftovers of
@@ -388,12 +465,19 @@ class FileStorage(StoredLog):
         self._release()
 
     def _release(self) -> None:
+        """Delete the segments the log start made redundant, then bring the
+        manifest up to date (snapshots and compactions are rare: its two
+        fsyncs stay off the hot path)."""
         try:
             removed = self._wal.release(self._offset())
         except OSError as e:
             raise self._fail(e, "segment deletion") from e
         for path in removed:
             log.debug("removed WAL segment %s", path)
+        try:
+            self._wal.record()
+        except OSError as e:
+            raise self._fail(e, "manifest update") from e
 
     def close(self) -> None:
         if self._closed:
@@ -408,6 +492,16 @@ class FileStorage(StoredLog):
                 except OSError as e:
                     log.warning("%s: commit index not written at close: %s",
                                 self._dir, _describe(e))
+            if self._failed is None:
+                # A clean stop vouches for the whole log: the next open then
+                # detects any loss of it, not only of what came before the
+                # last rotation or snapshot.
+                try:
+                    self._wal.sync()
+                    self._wal.record()
+                except OSError as e:
+                    log.warning("%s: %s not updated at close: %s",
+                                self._dir, MANIFEST_NAME, _describe(e))
             self._wal.close()
         finally:
             self._lock.release()

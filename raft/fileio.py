@@ -24,7 +24,11 @@ import fcntl
 import os
 from typing import Protocol
 
-__all__ = ["FileLock", "FileSystem", "OsFileSystem", "WritableFile"]
+__all__ = ["TMP_SUFFIX", "FileLock", "FileSystem", "OsFileSystem", "WritableFile", "write_atomic"]
+
+#: Suffix of the temporary file ``write_atomic`` renames into place; a crash
+#: can leave one behind, and the owner of the directory deletes it at open.
+TMP_SUFFIX = ".tmp"
 
 
 class WritableFile(Protocol):
@@ -187,3 +191,27 @@ class OsFileSystem:
                 raise BlockingIOError(e.errno, f"{path} is locked") from e
             raise
         return _OsLock(fd)
+
+
+def write_atomic(fs: FileSystem, path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Replace file ``path`` by ``data`` atomically and durably: write
+    ``path + TMP_SUFFIX``, sync it, rename it over ``path``, sync the
+    directory. A crash leaves the old content or the new one, never a mix
+    (plus perhaps a stray temporary). ``fsync=False`` skips both syncs
+    (still atomic against a process crash, not a power failure). Raises
+    ``OSError``."""
+    tmp = path + TMP_SUFFIX
+    f = fs.open_append(tmp)
+    try:
+        # A stale temp from an earlier failed attempt must not prefix ours.
+        f.truncate(0)
+        f.write(data)
+        if fsync:
+            # The data must be durable *before* the rename can be: else a
+            # crash could leave the final name pointing at an empty file.
+            f.sync()
+    finally:
+        f.close()
+    fs.rename(tmp, path)
+    if fsync:
+        fs.fsync_dir(os.path.dirname(path) or ".")

@@ -37,7 +37,7 @@ import re
 import struct
 import zlib
 
-from raft.fileio import FileSystem
+from raft.fileio import TMP_SUFFIX, FileSystem, write_atomic
 from raft.storage import StorageError
 from raft.types import Snapshot, SnapshotMeta
 
@@ -50,7 +50,6 @@ VERSION = 1
 _HEAD = struct.Struct("<8sII")  # magic, version, crc
 _BODY = struct.Struct("<QQIQ")  # index, term, peer count, data length
 _NAME_RE = re.compile(r"^(\d{20})-(\d{20})\.snap$")
-_TMP = ".tmp"
 
 
 class CorruptSnapshotError(StorageError):
@@ -106,7 +105,7 @@ class SnapshotStore:
     def remove_temporaries(self) -> None:
         """Delete half-written files left by a crash during ``save``."""
         for name in self._fs.listdir(self._dir):
-            if name.endswith(_TMP):
+            if name.endswith(TMP_SUFFIX):
                 log.warning("%s: removing half-written snapshot %s", self._dir, name)
                 self._fs.remove(os.path.join(self._dir, name))
 
@@ -122,22 +121,8 @@ class SnapshotStore:
 
     def save(self, snap: Snapshot) -> None:
         """Write ``snap`` durably (temp file, fsync, rename, fsync dir)."""
-        final = self.path(snap.meta.index, snap.meta.term)
-        tmp = final + _TMP
-        f = self._fs.open_append(tmp)
-        try:
-            # A stale temp from an earlier failed attempt must not prefix ours.
-            f.truncate(0)
-            f.write(encode_snapshot(snap))
-            if self._fsync:
-                # The data must be durable *before* the rename can be: else a
-                # crash could leave the final name pointing at an empty file.
-                f.sync()
-        finally:
-            f.close()
-        self._fs.rename(tmp, final)
-        if self._fsync:
-            self._fs.fsync_dir(self._dir)
+        path = self.path(snap.meta.index, snap.meta.term)
+        write_atomic(self._fs, path, encode_snapshot(snap), fsync=self._fsync)
 
     def load(self, index: int, term: int) -> Snapshot:
         path = self.path(index, term)

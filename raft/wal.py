@@ -50,8 +50,13 @@ one, and a CRC-valid record that does not decode, is corruption:
 ``CorruptLogError`` names the file and byte offset. In the last segment a
 defect (short header, length past the end, CRC mismatch, zero fill) is a
 *torn tail* — a write that the crash interrupted, never acknowledged — when
-no valid record follows it anywhere in the file: the file is truncated back
-to the end of the last complete batch, synced, and a warning logged. If a
+no valid record follows it anywhere in the file and it lies beyond the
+durable floor the manifest records: the file is truncated back to the end
+of the last complete batch, synced, and a warning logged that says why the
+dropped bytes were not acknowledged (no end-of-batch record among them) or
+how they could have been (the damaged record is marked end-of-batch: the
+batch was complete when written, so only a disk losing synced bytes could
+have cost an acknowledged write). If a
 valid record does follow, the damage is in the middle of the log and
 recovery refuses (never silent loss). A torn write that persisted a later
 page of the final batch but not an earlier one is therefore reported as
@@ -61,8 +66,14 @@ Segment rotation and deletion
 =============================
 
 Before a batch, if the current segment has reached ``segment_bytes``, a new
-one is created, its ``BASE`` written in the same buffer as the batch, the file
-synced and then the directory synced (a new name is durable only then).
+one is created: its ``BASE`` written, the file synced and then the directory
+synced (a new name is durable only then); then the data dir's manifest is
+updated to name it (``raft/manifest.py``), and only then does the segment
+take the batch. So a segment a batch was acknowledged from is always named
+by the manifest, and open refuses to start without it
+(``MissingDurableStateError``); the manifest also records each older
+segment's final size and a (lagging) floor of the newest one's durable
+bytes, below which a defect is corruption, never a torn tail.
 ``release(index)`` deletes, oldest first, the segments before the current
 one whose live entries are all ``<= index``; it is called only after the
 ``COMPACT``/``SNAPSHOT`` record that makes them unnecessary is durable, and
@@ -88,6 +99,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from raft.fileio import FileSystem, WritableFile
+from raft.manifest import Manifest, MissingDurableStateError, save_manifest
 from raft.storage import StorageError
 from raft.types import Entry, EntryType, HardState
 
@@ -125,10 +137,12 @@ _SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.wal$")
 
 class CorruptLogError(StorageError):
     """The log is damaged where a crash cannot have damaged it: recovering
-    would silently lose acknowledged data, so the node must not start."""
+    would silently lose acknowledged data, so the node must not start.
+    ``offset`` is a byte offset in ``path``, or None for a whole file."""
 
-    def __init__(self, path: str, offset: int, reason: str) -> None:
-        super().__init__(f"{path}: corrupt WAL at byte {offset}: {reason}")
+    def __init__(self, path: str, offset: int | None, reason: str) -> None:
+        where = "" if offset is None else f" at byte {offset}"
+        super().__init__(f"{path}: corrupt WAL{where}: {reason}")
         self.path = path
         self.offset = offset
         self.reason = reason
@@ -309,9 +323,30 @@ class _Scan:
     good_length: int
 
 
-def _scan_segment(data: bytes, path: str, is_last: bool) -> _Scan:
+def _dropped(data: bytes, pos: int, batch_start: int, durable: int, source: str) -> str:
+    """Why the bytes from ``batch_start`` on, defective at ``pos``, were not
+    acknowledged, or why they might have been (for the torn-tail warning)."""
+    t = data[pos + 8] if len(data) - pos >= HEADER.size else 0
+    if t & END_OF_BATCH and (t & ~END_OF_BATCH) in _RECORD_TYPES:
+        # The whole batch was handed to write(); only a disk that loses
+        # bytes after fdatasync returned could have cost an acknowledged one.
+        how = ("the damaged record is marked end-of-batch: the batch was complete when "
+               "written, and was acknowledged only if the disk lost synced bytes")
+    else:
+        how = ("no end-of-batch record among them: a batch whose write, hence its sync, "
+               "never finished, so it was never acknowledged")
+    if source:
+        return f"{how}; they lie beyond the {durable} bytes {source} records as durable"
+    return f"{how}; no durable size is recorded to check against (no manifest)"
+
+
+def _scan_segment(
+    data: bytes, path: str, is_last: bool, durable: int = 0, source: str = ""
+) -> _Scan:
     """Split a segment into complete batches; see the module doc for what is a
-    torn tail (last segment only) and what is corruption."""
+    torn tail (last segment only) and what is corruption. ``durable``: how many
+    leading bytes the manifest ``source`` vouches for (a defect there is
+    corruption, never a torn tail)."""
     batches: list[list[Record]] = []
     pending: list[Record] = []
     pos = 0
@@ -326,12 +361,19 @@ def _scan_segment(data: bytes, path: str, is_last: bool) -> _Scan:
                 raise CorruptLogError(
                     path, pos, f"{fr}, followed by a valid record at byte {after}"
                 )
+            if batch_start < durable:
+                raise CorruptLogError(
+                    path, pos, f"{fr}, within the first {durable} bytes, which {source} "
+                    "records as durable: acknowledged writes would be lost"
+                )
             log.warning(
-                "%s: torn tail at byte %d (%s); dropping %d bytes of an unacknowledged write",
+                "%s: torn tail at byte %d (%s); dropping %d bytes from byte %d: %s",
                 path,
                 pos,
                 fr,
                 len(data) - batch_start,
+                batch_start,
+                _dropped(data, pos, batch_start, durable, source),
             )
             return _Scan(batches, batch_start)
         t, payload = fr
@@ -349,11 +391,19 @@ def _scan_segment(data: bytes, path: str, is_last: bool) -> _Scan:
     if pending:
         if not is_last:
             raise CorruptLogError(path, batch_start, "incomplete batch at the end of a segment")
+        if batch_start < durable:
+            raise CorruptLogError(
+                path, batch_start, f"incomplete batch within the first {durable} bytes, "
+                f"which {source} records as durable: acknowledged writes would be lost"
+            )
         log.warning(
-            "%s: incomplete batch at byte %d; dropping %d bytes of an unacknowledged write",
+            "%s: incomplete batch at byte %d; dropping %d bytes: %s",
             path,
             batch_start,
             len(data) - batch_start,
+            # pos == len(data): no damaged record, and the intact ones
+            # before it carry no end mark.
+            _dropped(data, len(data), batch_start, durable, source),
         )
     return _Scan(batches, batch_start)
 
@@ -435,7 +485,7 @@ class _Replay:
         if self.run and self.run_start != self.offset_index + 1:
             raise CorruptLogError(
                 where,
-                0,
+                None,
                 f"entries {self.offset_index + 1}..{self.run_start - 1} are missing "
                 "(a segment was lost?)",
             )
@@ -453,6 +503,12 @@ class _Segment:
     #: Highest index of a *live* entry in the segment (0 if none): entries
     #: rewritten or discarded later no longer count.
     max_index: int = 0
+    #: Final size in bytes once a newer segment exists (0 while current).
+    size: int = 0
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
 
 def segment_name(seq: int, first_index: int) -> str:
@@ -475,6 +531,55 @@ def _note_batch(segments: list[_Segment], records: Sequence[Record]) -> None:
             high = min(high, r.index)
 
 
+class _Expected:
+    """The checks a manifest enables at open (see ``raft/manifest.py``)."""
+
+    def __init__(
+        self, directory: str, source: str, m: Manifest | None, found: list[tuple[int, str]]
+    ) -> None:
+        self.source = source
+        self._m = m if m is not None else Manifest()
+        self._newest = int(self._m.newest[:20]) if self._m.newest else 0
+        self._sealed = {int(name[:20]): size for name, size in self._m.sealed}
+        top = found[-1][0] if found else 0
+        if top < self._newest:
+            # The manifest names a segment only once it is durable, so it was
+            # lost after the fact (or the whole directory's content was).
+            path = os.path.join(directory, self._m.newest)
+            also = ""
+            if top < self._newest - 1:
+                also = f" (and segments {top + 1}..{self._newest - 1})"
+            raise MissingDurableStateError(
+                f"{path} is missing{also}: {source} records it as the newest WAL segment, "
+                f"holding entries from {int(self._m.newest[21:41])} on; starting without it "
+                "would lose acknowledged writes"
+            )
+        if m is not None and top > self._newest + 1:
+            log.warning("%s: segments up to %d, but %s records %s as the newest",
+                        directory, top, source, self._m.newest or "none")
+
+    def size(self, seq: int, path: str, size: int) -> int:
+        """Check a segment's size; return how many of its bytes are vouched
+        for as durable (0: none, or no manifest)."""
+        sealed = self._sealed.get(seq)
+        if sealed is not None and size != sealed:
+            what = ("it was truncated: acknowledged writes are missing" if size < sealed
+                    else "it changed after it was sealed")
+            raise MissingDurableStateError(
+                f"{path} is {size} bytes, but {self.source} recorded {sealed} bytes "
+                f"when the segment was sealed: {what}"
+            )
+        if seq != self._newest:
+            return sealed or 0
+        floor = self._m.newest_durable
+        if size < floor:
+            raise MissingDurableStateError(
+                f"{path} is {size} bytes, but {self.source} records its first {floor} bytes "
+                "as durable: it was truncated, acknowledged writes are missing"
+            )
+        return floor
+
+
 class Wal:
     """The writer side of a WAL directory; ``open`` also recovers it."""
 
@@ -488,16 +593,23 @@ class Wal:
         *,
         segment_bytes: int,
         fsync: bool,
+        manifest_path: str | None = None,
+        recorded: Manifest | None = None,
     ) -> None:
         self._fs = fs
         self._dir = directory
         self._segments = segments
         self._file = current
         self._size = size
+        #: Bytes of the current segment known durable (all, with fsync off).
+        self._durable = size
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._next_seq = segments[-1].seq + 1 if segments else 1
         self._unsynced = False
+        self._manifest_path = manifest_path
+        #: What the manifest file holds now (None: no file yet).
+        self._recorded = recorded
 
     @classmethod
     def open(
@@ -507,9 +619,19 @@ class Wal:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
+        manifest_path: str | None = None,
+        expect: Manifest | None = None,
     ) -> tuple[Wal, RecoveredLog]:
         """Recover the log in ``directory`` (created if missing), repairing a
-        torn tail, and return a writer positioned after the last good batch."""
+        torn tail, and return a writer positioned after the last good batch.
+
+        With ``manifest_path`` the writer keeps that manifest current
+        (``raft/manifest.py``), and writes it before returning if it differs
+        from ``expect``, the manifest found there (None: none). Whatever
+        ``expect`` vouches for must be present: else
+        ``MissingDurableStateError`` (a file or bytes are gone) or
+        ``CorruptLogError`` (damage below the durable floor). Raises
+        ``OSError`` on I/O errors."""
         fs.makedirs(directory)
         found: list[tuple[int, str]] = []
         for name in fs.listdir(directory):
@@ -522,8 +644,10 @@ class Wal:
         for (a, na), (b, nb) in itertools.pairwise(found):
             if b != a + 1:
                 raise CorruptLogError(
-                    os.path.join(directory, nb), 0, f"segments {a + 1}..{b - 1} missing after {na}"
+                    os.path.join(directory, nb), None,
+                    f"segments {a + 1}..{b - 1} missing after {na}",
                 )
+        check = _Expected(directory, manifest_path or "the manifest", expect, found)
         replay = _Replay()
         segments: list[_Segment] = []
         current: WritableFile | None = None
@@ -532,7 +656,8 @@ class Wal:
             path = os.path.join(directory, name)
             is_last = i == len(found) - 1
             data = fs.read(path)
-            scan = _scan_segment(data, path, is_last)
+            durable = check.size(seq, path, len(data))
+            scan = _scan_segment(data, path, is_last, durable, check.source if durable else "")
             if scan.batches:
                 first = scan.batches[0][0]
                 if not isinstance(first, SegmentBase) or first.seq != seq:
@@ -543,7 +668,7 @@ class Wal:
                 # A segment is synced before its name is; empty and followed
                 # by others, it lost its content after the fact.
                 raise CorruptLogError(path, 0, "empty segment followed by others")
-            seg = _Segment(seq, path)
+            seg = _Segment(seq, path, size=len(data))
             segments.append(seg)
             for batch in scan.batches:
                 for rec in batch:
@@ -569,12 +694,41 @@ class Wal:
                     # durable: new records must never sit after garbage.
                     current.truncate(scan.good_length)
                     current.sync()
-        wal = cls(fs, directory, segments, current, size, segment_bytes=segment_bytes, fsync=fsync)
-        return wal, replay.result(directory)
+        if current is not None:
+            segments[-1].size = 0  # current again (only sealed ones keep a size)
+        wal = cls(fs, directory, segments, current, size, segment_bytes=segment_bytes,
+                  fsync=fsync, manifest_path=manifest_path, recorded=expect)
+        recovered = replay.result(directory)
+        if manifest_path is not None and wal.manifest() != expect:
+            # What was read may still sit in the page cache only (the process
+            # was killed before its sync): make it durable before vouching.
+            if current is not None and fsync:
+                current.sync()
+            wal.record()
+        return wal, recovered
 
     @property
     def segment_paths(self) -> list[str]:
         return [s.path for s in self._segments]
+
+    def manifest(self) -> Manifest:
+        """What the manifest should say now: the newest segment with its
+        durable bytes, the final sizes of the older live ones."""
+        if not self._segments:
+            return Manifest()
+        *older, cur = self._segments
+        return Manifest(cur.name, self._durable, tuple((s.name, s.size) for s in older))
+
+    def record(self) -> None:
+        """Rewrite the manifest if it changed (write_atomic: two fsyncs).
+        Never on the hot path: at rotation, after snapshots and compactions,
+        at open and close. Raises ``OSError``."""
+        if self._manifest_path is None:
+            return
+        m = self.manifest()
+        if m != self._recorded:
+            save_manifest(self._fs, self._manifest_path, m, fsync=self._fsync)
+            self._recorded = m
 
     def write(self, records: Sequence[Record], state: WalState, *, sync: bool = True) -> None:
         """Append ``records`` as one batch with one write and, unless
@@ -584,50 +738,56 @@ class Wal:
         byte written to the file before it)."""
         if not records:
             return
-        rotate = self._file is None or self._size >= self._segment_bytes
-        buf = bytearray()
-        if rotate:
-            # Whatever the old segment holds unsynced must be durable before a
-            # newer segment can be: recovery trusts every non-last segment.
-            self.sync()
-            seq = self._next_seq
-            base = SegmentBase(
-                seq,
-                state.snap_index,
-                state.snap_term,
-                state.offset_index,
-                state.offset_term,
-                state.hard_state,
-            )
-            buf += encode_record(base, end_of_batch=True)
-            path = os.path.join(self._dir, segment_name(seq, state.last_index + 1))
-            f = self._fs.open_append(path)
-        else:
-            assert self._file is not None
-            f = self._file
-        buf += encode_batch(records)
-        try:
-            f.write(bytes(buf))
-            if self._fsync and (sync or rotate):
-                f.sync()
-                if rotate:
-                    # The new file's name is durable only once the directory
-                    # is; until then a crash could lose the whole segment.
-                    self._fs.fsync_dir(self._dir)
-        except BaseException:
-            if rotate:
-                f.close()
-            raise
-        if rotate:
-            if self._file is not None:
-                self._file.close()
-            self._file = f
-            self._size = 0
-            self._segments.append(_Segment(seq, path))
-            self._next_seq = seq + 1
+        if self._file is None or self._size >= self._segment_bytes:
+            self._rotate(state)
+        assert self._file is not None
+        buf = encode_batch(records)
+        self._file.write(buf)
+        if self._fsync and sync:
+            self._file.sync()
         self._size += len(buf)
-        self._unsynced = self._fsync and not (sync or rotate)
+        self._unsynced = self._fsync and not sync
+        if not self._unsynced:
+            self._durable = self._size
         _note_batch(self._segments, records)
+
+    def _rotate(self, state: WalState) -> None:
+        """Start a new segment: its BASE record and its name durable, then the
+        manifest naming it, and only then (back in ``write``) its first batch:
+        once a batch may be acknowledged from it, its loss is detectable."""
+        # Whatever the old segment holds unsynced must be durable before a
+        # newer segment can be: recovery trusts every non-last segment.
+        self.sync()
+        seq = self._next_seq
+        base = SegmentBase(
+            seq,
+            state.snap_index,
+            state.snap_term,
+            state.offset_index,
+            state.offset_term,
+            state.hard_state,
+        )
+        buf = encode_record(base, end_of_batch=True)
+        path = os.path.join(self._dir, segment_name(seq, state.last_index + 1))
+        f = self._fs.open_append(path)
+        try:
+            f.write(buf)
+            if self._fsync:
+                f.sync()
+                # The new file's name is durable only once the directory
+                # is; until then a crash could lose the whole segment.
+                self._fs.fsync_dir(self._dir)
+        except BaseException:
+            f.close()
+            raise
+        if self._file is not None:
+            self._file.close()
+            self._segments[-1].size = self._size
+        self._file = f
+        self._size = self._durable = len(buf)
+        self._segments.append(_Segment(seq, path))
+        self._next_seq = seq + 1
+        self.record()
 
     @property
     def needs_sync(self) -> bool:
@@ -637,10 +797,12 @@ class Wal:
         """Make every batch written so far durable (one fdatasync).
 
         Safe to run in another thread while the caller does not write: it
-        touches only the file descriptor, never the writer's bookkeeping."""
+        touches only the file descriptor and two fields the writer reads
+        only while it does not wait for us."""
         if self._unsynced and self._file is not None:
             self._file.sync()
         self._unsynced = False
+        self._durable = self._size
 
     def release(self, index: int) -> list[str]:
         """Delete, oldest first, segments before the current one whose live

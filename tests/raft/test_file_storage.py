@@ -32,7 +32,7 @@ def test_layout_and_reopen(tmp_path: Path) -> None:
     with FileStorage(d) as s:
         s.save(HardState(2, 1, 3), ents(1, 3))
         assert s.path == str(d)
-    assert sorted(p.name for p in d.iterdir()) == ["LOCK", "snap", "wal"]
+    assert sorted(p.name for p in d.iterdir()) == ["LOCK", "MANIFEST", "snap", "wal"]
     with FileStorage(str(d)) as s:
         assert s.initial_state() == (HardState(2, 1, 3), frozenset())
         assert s.entries(1, 4) == ents(1, 3)
@@ -108,8 +108,13 @@ def test_one_write_and_one_sync_per_save() -> None:
     s = FileStorage("/d", fs=fs)
     n = len(fs.trace)
     s.save(HardState(1, 0, 0), ents(1, 128))
-    # First save creates segment 1 (hence the directory sync).
-    assert ops(fs, n) == ["create", "write", "sync", "fsync_dir"]
+    # First save creates segment 1: its BASE and its name durable, then the
+    # manifest naming it (off the hot path: once per segment), then the batch.
+    assert ops(fs, n) == [
+        "create", "write", "sync", "fsync_dir",  # segment 1 with its BASE
+        "create", "truncate", "write", "sync", "rename", "fsync_dir",  # MANIFEST
+        "write", "sync",  # the batch
+    ]  # fmt: skip
     n = len(fs.trace)
     s.save(HardState(2, 1, 128), ents(129, 256), None)
     assert ops(fs, n) == ["write", "sync"]
@@ -178,8 +183,9 @@ def test_install_writes_snapshot_file_before_the_wal() -> None:
         "create", "truncate", "write", "sync", "rename", "fsync_dir",  # snapshot file
         "write", "sync",  # WAL batch: SNAPSHOT reset + entries + hard state
         "remove",  # the old snapshot file, only now
+        "create", "truncate", "write", "sync", "rename", "fsync_dir",  # MANIFEST
     ]  # fmt: skip
-    assert trace[-1].endswith("00000000000000000003-00000000000000000001.snap")
+    assert trace[-7].endswith("00000000000000000003-00000000000000000001.snap")
 
 
 def test_data_dir_stays_bounded(tmp_path: Path) -> None:
