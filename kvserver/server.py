@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvserver.config import ClusterConfig
+from kvserver.resources import peer_reserve
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import KvStateMachine
 from raft.file_storage import FileStorage
@@ -20,7 +21,15 @@ from raft.node import NodeConfig, RaftNode
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
 from rpc import RpcProvider
 
-__all__ = ["KvNode", "KvNodeOptions"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "KvNode", "KvNodeOptions"]
+
+#: Seconds a client connection may stay silent (no request, none in flight)
+#: before the node closes it. Long enough that a clerk in use never notices
+#: (it sends within milliseconds; an idle one reconnects on its next call),
+#: short enough that forgotten sockets give their descriptors back. Peer
+#: connections are exempt: a follower's connection to its leader can stay
+#: silent between elections.
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 log = logging.getLogger("kvserver.server")
 
@@ -33,6 +42,11 @@ class KvNodeOptions:
     #: so the data dir stays near --max-raft-state.
     snapshot_catchup_entries: int = 100
     request_timeout: float = 2.0
+    #: Cap on client connections (None: no cap). Raft peers get
+    #: ``peer_reserve(nodes)`` slots above it (kvserver/resources.py).
+    max_client_connections: int | None = None
+    #: Close client connections silent this long (seconds); None: never.
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
 
 
 class KvNode:
@@ -63,7 +77,17 @@ class KvNode:
             address=str(self.address),
             request_timeout=options.request_timeout,
         )
-        self.provider = RpcProvider(self.address.host, self.address.port)
+        capped = options.max_client_connections is not None
+        self.provider = RpcProvider(
+            self.address.host,
+            self.address.port,
+            idle_timeout=options.idle_timeout,
+            max_connections=options.max_client_connections,
+            reserved_connections=peer_reserve(len(config.nodes)) if capped else 0,
+            # Also set without a cap: peer connections are exempt from
+            # idle_timeout.
+            reserved_service=RAFT_SERVICE.full_name,
+        )
         self.provider.register(KV_SERVICE, self.service)
         self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request))
         self._started = False
