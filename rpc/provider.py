@@ -234,7 +234,7 @@ class RpcProvider:
         max_connections: int | None = None,
         reserved_connections: int = 0,
         reserved_service: str | None = None,
-        reserved_grace: float = 5.0,
+        reserved_grace: float = 2.0,
     ) -> None:
         if max_frames_per_step < 1:
             raise ValueError("max_frames_per_step must be at least 1")
