@@ -387,9 +387,11 @@ class RpcProvider:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                self._accept_errors.note(f"{exc}; pausing accept for {_ACCEPT_RETRY_DELAY} s")
                 if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    self._accept_errors.note(f"{exc}; pausing for {_ACCEPT_RETRY_DELAY} s")
                     self._pause_accepting(listener)
+                else:
+                    self._accept_errors.note(str(exc))
                 return
             probation = False
             if cap is not None and self._open >= cap:
