@@ -2,16 +2,21 @@
 
     kvserver --id I -f test.conf [--data-dir DIR] [--max-raft-state BYTES]
              [--max-key-bytes B] [--max-value-bytes B] [--max-request-bytes B]
-             [--log-level L]
+             [--max-client-connections N] [--idle-timeout SECONDS] [--log-level L]
 
 Recovers from ``--data-dir`` (default ``data/node<I>``) after any crash.
 Stops cleanly on SIGTERM or SIGINT (exit 0). Exit 2 with one line on stderr
 for a bad command line or config, a port already in use, or an unusable
 data dir; exit 1 if the node fails while running (e.g. its disk).
+
+At start the soft open-file limit is raised to the hard one; client
+connections are capped below it, so that storage and Raft peers always find
+a descriptor (kvserver/resources.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import logging
@@ -19,9 +24,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from kvserver import resources
 from kvserver.config import ConfigError, load_config
 from kvserver.limits import Limits, LimitsError
-from kvserver.server import KvNode, KvNodeOptions
+from kvserver.server import DEFAULT_IDLE_TIMEOUT, KvNode, KvNodeOptions
 from raft.storage import StorageError
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
 from rpc.loop import run
@@ -66,6 +72,17 @@ async def _serve(node: KvNode) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """A duration in seconds, >= 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Run one node of the replicated KV store.")
     parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
@@ -82,8 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-request-bytes", type=positive_int, default=0,
                         help="largest request: one write, or a whole Batch (the larger of "
                              "2 MiB and key + value limits)")
+    parser.add_argument("--max-client-connections", type=positive_int, default=None,
+                        metavar="N",
+                        help="refuse client connections beyond N (default: as many as fit "
+                             "under the open-file limit, after a reserve for storage and peers)")
+    parser.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close client connections silent this long; 0 = never "
+                             f"(default {DEFAULT_IDLE_TIMEOUT:g}; peers are never closed)")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = parser.parse_args(argv)
+    soft_before, soft_after, hard = resources.raise_open_file_limit()
     try:
         limits = Limits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes,
                         max_request_bytes=args.max_request_bytes).validate()
@@ -94,10 +120,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.node(args.id)
     except ConfigError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
+    budget = resources.FdBudget(soft_after, resources.fds_in_use(), len(config))
+    try:
+        max_clients = resources.check_budget(budget, args.max_client_connections)
+    except ValueError as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
     _configure_logging(args.id, args.log_level)
+    logging.getLogger("kvserver").info(
+        "open-file limit: soft %d -> %d (hard %s); client connections capped at %d "
+        "(+%d for peers)", soft_before, soft_after,
+        resources.limit_text(hard),
+        max_clients, resources.peer_reserve(len(config)))
     data_dir = args.data_dir or f"data/node{args.id}"
     options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state,
-                            limits=limits)
+                            limits=limits,
+                            max_client_connections=max_clients,
+                            idle_timeout=args.idle_timeout or None)
     try:
         node = KvNode(config, args.id, options)
     except StorageError as exc:

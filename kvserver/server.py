@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kvserver.config import ClusterConfig
 from kvserver.limits import Limits
+from kvserver.resources import peer_reserve
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import KvStateMachine
 from raft.file_storage import FileStorage
@@ -21,7 +22,15 @@ from raft.node import NodeConfig, RaftNode
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
 from rpc import RpcProvider
 
-__all__ = ["KvNode", "KvNodeOptions"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "KvNode", "KvNodeOptions"]
+
+#: Seconds a client connection may stay silent (no request, none in flight)
+#: before the node closes it. Long enough that a clerk in use never notices
+#: (it sends within milliseconds; an idle one reconnects on its next call),
+#: short enough that forgotten sockets give their descriptors back. Peer
+#: connections are exempt: a follower's connection to its leader can stay
+#: silent between elections.
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 log = logging.getLogger("kvserver.server")
 
@@ -36,6 +45,11 @@ class KvNodeOptions:
     request_timeout: float = 2.0
     #: Sizes a request may have (checked on arrival; kvserver/limits.py).
     limits: Limits = field(default_factory=Limits)
+    #: Cap on client connections (None: no cap). Raft peers get
+    #: ``peer_reserve(nodes)`` slots above it (kvserver/resources.py).
+    max_client_connections: int | None = None
+    #: Close client connections silent this long (seconds); None: never.
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
 
 
 class KvNode:
@@ -67,8 +81,18 @@ class KvNode:
             request_timeout=options.request_timeout,
             limits=options.limits,
         )
-        self.provider = RpcProvider(self.address.host, self.address.port,
-                                    max_frame_size=options.limits.max_frame_bytes)
+        capped = options.max_client_connections is not None
+        self.provider = RpcProvider(
+            self.address.host,
+            self.address.port,
+            idle_timeout=options.idle_timeout,
+            max_connections=options.max_client_connections,
+            reserved_connections=peer_reserve(len(config.nodes)) if capped else 0,
+            # Also set without a cap: peer connections are exempt from
+            # idle_timeout.
+            reserved_service=RAFT_SERVICE.full_name,
+            max_frame_size=options.limits.max_frame_bytes,
+        )
         self.provider.register(KV_SERVICE, self.service)
         self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request))
         self._started = False

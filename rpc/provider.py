@@ -34,15 +34,42 @@ Failure policy (ARCHITECTURE.md, rpc/):
 * `timeout_ms` in the request: the handler is cancelled when it passes and
   DEADLINE_EXCEEDED is sent (the caller has given up by then anyway; the point
   is to stop wasting work).
+
+Connections are a bounded resource (each holds a file descriptor):
+* `max_connections` caps the connections open at once. The provider accepts
+  connections itself (not through ``loop.create_server``) so that the cap is
+  checked on the accepted socket before any transport or protocol exists: a
+  connection over the cap is closed at once, before any read, within the same
+  callback that accepted it. So at no instant do more than the cap (plus the
+  reserve below) plus one descriptors belong to inbound connections. An
+  event loop's own accept loop would instead take every queued connection
+  (up to the listen backlog, for uvloop all of them) and only close the
+  excess a loop iteration or two later, in ``connection_made``: a flood could
+  then briefly hold a backlog's worth of descriptors more than the cap.
+  Refusals are logged at most once per second, with a count.
+* `reserved_connections` more slots are kept for `reserved_service` (the
+  Raft peers' service): a connection accepted into one of them is on
+  probation, and is closed unless its first request is to that service,
+  or if it sends none within `reserved_grace` seconds. So a flood of idle
+  client connections at the cap does not lock a peer out when it
+  reconnects; probing connections hold a reserved slot for a few seconds
+  at most.
+* `idle_timeout` closes a connection that has sent nothing and has no call
+  in flight for that long; a connection whose first request was to
+  `reserved_service` is a peer's and is never closed for idleness (a
+  follower's connection to its leader carries nothing between elections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
+import socket
 import types
 from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import Any, NamedTuple, TypeVar, Union, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -119,6 +146,56 @@ def _resume(coro: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, Any
     yield from coro
 
 
+class _Refused(Exception):
+    """A connection on probation sent a first request it may not send."""
+
+
+class _RateLimitedLog:
+    """One warning at once, then at most one line per `interval` seconds
+    with the count of what happened meanwhile: a flood of refused
+    connections must not flood the log."""
+
+    def __init__(self, what: str, interval: float = 1.0) -> None:
+        self._what = what
+        self._interval = interval
+        self._suppressed = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self.total = 0
+
+    def note(self, detail: str) -> None:
+        self.total += 1
+        if self._handle is not None:
+            self._suppressed += 1
+            return
+        log.warning("%s: %s", self._what, detail)
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def _flush(self) -> None:
+        self._handle = None
+        if self._suppressed:
+            log.warning("%s: %d more in the last %g s",
+                        self._what, self._suppressed, self._interval)
+            self._suppressed = 0
+            # Keep the window open while the flood lasts.
+            self._handle = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _same(protocol: _ServerConnection) -> _ServerConnection:
+    return protocol
+
+
+#: accept() errors that mean "out of resources for now": stop accepting for
+#: a moment (the connections wait in the kernel's backlog) instead of
+#: spinning on a listening socket that stays readable.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY_DELAY = 0.5
+
+
 class RpcProvider:
     """Serves protobuf services on one TCP address.
 
@@ -129,6 +206,10 @@ class RpcProvider:
 
     `idle_timeout` (seconds) closes connections that have sent nothing and
     have no call in flight for that long; None keeps them forever.
+    `max_connections` caps the connections open at once (None: no cap);
+    `reserved_connections` more are admitted only to connections whose first
+    request is to `reserved_service`, which are also exempt from
+    `idle_timeout` (see the module docstring).
     `eager=False` runs every handler in its own Task from the start.
     `max_frames_per_step` bounds the requests of one connection dispatched
     per event-loop step; the rest of a large chunk waits for the next step
@@ -150,9 +231,21 @@ class RpcProvider:
         eager: bool = True,
         backlog: int = 1024,
         max_frames_per_step: int = 64,
+        max_connections: int | None = None,
+        reserved_connections: int = 0,
+        reserved_service: str | None = None,
+        reserved_grace: float = 2.0,
     ) -> None:
         if max_frames_per_step < 1:
             raise ValueError("max_frames_per_step must be at least 1")
+        if max_connections is not None and max_connections < 0:
+            raise ValueError("max_connections must be at least 0")
+        if reserved_connections < 0:
+            raise ValueError("reserved_connections must be at least 0")
+        if reserved_connections and reserved_service is None:
+            raise ValueError("reserved_connections needs a reserved_service")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive (None: no timeout)")
         self.host = host
         self._requested_port = port
         self.max_frame_size = max_frame_size
@@ -160,9 +253,19 @@ class RpcProvider:
         self.eager = eager
         self.backlog = backlog
         self.max_frames_per_step = max_frames_per_step
+        self.max_connections = max_connections
+        self.reserved_connections = reserved_connections
+        self.reserved_service = reserved_service
+        self.reserved_grace = reserved_grace
         self._services: dict[str, dict[str, _Method]] = {}
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] | None = None
         self._connections: set[_ServerConnection] = set()
+        # Accepted sockets not closed yet, counted from accept(): those whose
+        # transport is still being set up count against the cap too.
+        self._open = 0
+        self._accepting: set[asyncio.Future[Any]] = set()
+        self._refusals = _RateLimitedLog("refusing connections")
+        self._accept_errors = _RateLimitedLog("cannot accept connections")
         self._port: int | None = None
 
     # -- registration -----------------------------------------------------
@@ -221,37 +324,141 @@ class RpcProvider:
 
     @property
     def serving(self) -> bool:
-        return self._server is not None
+        return self._listeners is not None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections holding a descriptor now (including ones being set up)."""
+        return self._open
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused so far: over the cap, or not a reserved
+        service's on a reserved slot."""
+        return self._refusals.total
 
     async def start(self) -> None:
         """Bind and listen. Raises OSError if the address is unusable."""
-        if self._server is not None:
+        if self._listeners is not None:
             raise RuntimeError("provider already started")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerConnection(self),
-            self.host,
-            self._requested_port,
-            reuse_address=True,
-            backlog=self.backlog,
+        infos = await loop.getaddrinfo(
+            self.host or None, self._requested_port,
+            type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
         )
-        sockets = self._server.sockets
-        self._port = sockets[0].getsockname()[1] if sockets else self._requested_port
+        listeners: list[socket.socket] = []
+        try:
+            for family, type_, proto, _, sockaddr in dict.fromkeys(infos):
+                sock = socket.socket(family, type_, proto)
+                listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    # As loop.create_server: each family gets its own socket.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.listen(self.backlog)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in listeners:
+                sock.close()
+            raise
+        self._listeners = listeners
+        for sock in listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+        self._port = listeners[0].getsockname()[1] if listeners else self._requested_port
         names = ", ".join(self._services) or "nothing"
-        log.info("serving %s on %s:%d", names, self.host, self._port)
+        cap = "" if self.max_connections is None else (
+            f" (at most {self.max_connections} connections"
+            f" + {self.reserved_connections} for {self.reserved_service})"
+            if self.reserved_connections else f" (at most {self.max_connections} connections)")
+        log.info("serving %s on %s:%d%s", names, self.host, self._port, cap)
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Accept what the kernel has queued (at most a backlog's worth per
+        call, so other callbacks run in between during a flood), refusing
+        at once what is over the cap."""
+        loop = asyncio.get_running_loop()
+        cap = self.max_connections
+        for _ in range(self.backlog):
+            try:
+                conn, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    self._accept_errors.note(f"{exc}; pausing for {_ACCEPT_RETRY_DELAY} s")
+                    self._pause_accepting(listener)
+                else:
+                    self._accept_errors.note(str(exc))
+                return
+            probation = False
+            if cap is not None and self._open >= cap:
+                if self._open >= cap + self.reserved_connections:
+                    # Closed before anything else is done with it: the
+                    # descriptor is back before this callback returns.
+                    conn.close()
+                    self._refusals.note(
+                        f"{self._open} open, cap {cap}"
+                        + (f" + {self.reserved_connections} reserved"
+                           if self.reserved_connections else "")
+                        + f"; closed connection from {addr}")
+                    continue
+                probation = True
+            self._open += 1
+            protocol = _ServerConnection(self, probation=probation)
+            try:
+                conn.setblocking(False)
+                fut = asyncio.ensure_future(
+                    loop.connect_accepted_socket(partial(_same, protocol), conn))
+            except BaseException:
+                protocol.release()
+                conn.close()
+                raise
+            self._accepting.add(fut)
+            fut.add_done_callback(partial(self._accepted, conn=conn, protocol=protocol))
+
+    def _accepted(
+        self, fut: asyncio.Future[Any], *, conn: socket.socket, protocol: _ServerConnection
+    ) -> None:
+        self._accepting.discard(fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            log.debug("setting up an accepted connection failed: %r", exc)
+            if not protocol.made:
+                protocol.release()
+                conn.close()
+
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if self._listeners is not None and listener in self._listeners:
+                loop.add_reader(listener.fileno(), self._accept, listener)
+
+        loop.call_later(_ACCEPT_RETRY_DELAY, resume)
 
     async def close(self) -> None:
         """Stop listening, cancel in-flight handlers, close every connection."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        listeners, self._listeners = self._listeners, None
+        if listeners is not None:
+            loop = asyncio.get_running_loop()
+            for sock in listeners:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        if self._accepting:
+            # Connections still being set up: let them finish (only their
+            # connection_made is awaited), then close them with the rest.
+            await asyncio.gather(*self._accepting, return_exceptions=True)
         tasks: list[asyncio.Future[Any]] = []
         for conn in list(self._connections):
             tasks.extend(conn.shutdown())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
+        self._refusals.cancel()
+        self._accept_errors.cancel()
 
     async def __aenter__(self) -> RpcProvider:
         await self.start()
@@ -264,8 +471,18 @@ class RpcProvider:
 class _ServerConnection(asyncio.Protocol):
     """One client connection: decode requests, run handlers, write responses."""
 
-    def __init__(self, provider: RpcProvider) -> None:
+    def __init__(self, provider: RpcProvider, *, probation: bool = False) -> None:
         self._provider = provider
+        # Admitted on a reserved slot: the first request must be to
+        # provider.reserved_service (checked in _dispatch while
+        # _unclassified holds, i.e. until the first request).
+        self._probation = probation
+        self._unclassified = provider.reserved_service is not None
+        #: The first request was to the reserved (peer) service.
+        self.is_peer = False
+        #: connection_made has run (so connection_lost will).
+        self.made = False
+        self._counted = True  # holds one of provider._open
         self._services = provider._services
         self._eager = provider.eager
         self._max = provider.max_frame_size
@@ -287,15 +504,27 @@ class _ServerConnection(asyncio.Protocol):
         self._closed = False
         self._last_activity = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._probation_handle: asyncio.TimerHandle | None = None
+
+    def release(self) -> None:
+        """Give back this connection's slot in the provider's count (once)."""
+        if self._counted:
+            self._counted = False
+            self._provider._open -= 1
 
     # -- transport callbacks ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made = True
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance.
         self._transport = self._outbox.transport = cast(asyncio.Transport, transport)
         self._peer = transport.get_extra_info("peername")
         self._provider._connections.add(self)
-        log.debug("connection from %s", self._peer)
+        log.debug("connection from %s%s", self._peer, " (reserved slot)" if self._probation else "")
+        if self._probation:
+            self._probation_handle = self._loop.call_later(
+                self._provider.reserved_grace, self._probation_expired
+            )
         if self._provider.idle_timeout is not None:
             self._last_activity = self._loop.time()
             self._idle_handle = self._loop.call_later(
@@ -342,6 +571,10 @@ class _ServerConnection(asyncio.Protocol):
             outbox.flush()
             self._close_transport()
             return
+        except _Refused:
+            outbox.clear()
+            self._close_transport()
+            return
         finally:
             outbox.held = False
         outbox.flush()
@@ -369,8 +602,11 @@ class _ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._provider._connections.discard(self)
+        self.release()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
+        if self._probation_handle is not None:
+            self._probation_handle.cancel()
         if self._tasks:
             log.debug("connection from %s lost, cancelling %d calls", self._peer, len(self._tasks))
             # A copy: cancelling a Promise answers its call at once, which
@@ -395,6 +631,8 @@ class _ServerConnection(asyncio.Protocol):
         call_id = header.call_id
         if header.kind != _REQUEST:
             raise RemoteProtocolError("received a response frame on a provider connection")
+        if self._unclassified:
+            self._classify(header.service)
         svc = self._services.get(header.service)
         if svc is None:
             self._send_error(call_id, Status.UNKNOWN_SERVICE, f"unknown service {header.service!r}")
@@ -532,6 +770,30 @@ class _ServerConnection(asyncio.Protocol):
         )
         self._send(encode(header, b""))
 
+    def _classify(self, service: str) -> None:
+        """On the first request: is this a peer's connection? A connection
+        on a reserved slot that is not is refused (raises _Refused)."""
+        self._unclassified = False
+        self.is_peer = service == self._provider.reserved_service
+        if self._probation_handle is not None:
+            self._probation_handle.cancel()
+            self._probation_handle = None
+        if self._probation:
+            self._probation = False
+            if not self.is_peer:
+                self._provider._refusals.note(
+                    f"closed connection from {self._peer} on a reserved slot: "
+                    f"its first request is to {service!r}, not {self._provider.reserved_service}")
+                raise _Refused
+
+    def _probation_expired(self) -> None:
+        self._probation_handle = None
+        if self._probation and not self._closed:
+            self._provider._refusals.note(
+                f"closed connection from {self._peer} on a reserved slot: "
+                f"no request within {self._provider.reserved_grace:g} s")
+            self._close_transport()
+
     # -- writing --------------------------------------------------------------
 
     def _send(self, frame: bytes) -> None:
@@ -542,7 +804,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         timeout = self._provider.idle_timeout
-        if self._closed or timeout is None:
+        if self._closed or timeout is None or self.is_peer:
             return
         idle = self._loop.time() - self._last_activity
         if idle >= timeout and not self._tasks:
