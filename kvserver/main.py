@@ -16,10 +16,11 @@ import asyncio
 import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
-from kvserver.config import ConfigError, load_config
+from kvserver.config import ConfigError, NodeAddress, load_config
 from kvserver.server import KvNode, KvNodeOptions
 from raft.storage import StorageError
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
@@ -37,6 +38,21 @@ def _configure_logging(node_id: int, level: str) -> None:
         format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _check_port(address: NodeAddress) -> None:
+    """Exit 2 if this node's address cannot be listened on, before anything
+    touches the data dir: a node that cannot serve must not create one. A
+    trial listen (closed again at once) rather than handing the socket to
+    the provider: SO_REUSEADDR lets the provider bind it right after, and a
+    port taken in between is still reported by start() (see _serve)."""
+    try:
+        with socket.create_server((address.host, address.port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(PROG, f"{address}: port {address.port} is already in use", EXIT_USAGE)
+        fail(PROG, f"{address}: cannot listen: {exc.strerror or exc}", EXIT_USAGE)
 
 
 async def _serve(node: KvNode) -> int:
@@ -83,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.node(args.id)
     except ConfigError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
+    _check_port(config.node(args.id))
     _configure_logging(args.id, args.log_level)
     data_dir = args.data_dir or f"data/node{args.id}"
     options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state)
