@@ -4,10 +4,16 @@
     callerMain -f test.conf get K                prints the value alone
     callerMain -f test.conf put K V | append K V | delete K
     callerMain -f test.conf status               one line per node
+    callerMain -f test.conf transfer-leader [ID] make node ID (default: the most
+                                                 up-to-date follower) the leader;
+                                                 prints the new leader's id
     callerMain -f test.conf bench [--clients N] [--ops N] [--value-size B] [--keys K] [--reads F]
 
-Exit 0 on success, 1 when the operation failed (timeout, unreachable
-cluster, a wrong value in the loop), 2 on bad usage or config.
+Keys and values must be valid UTF-8 (a command-line argument that is not
+is refused with exit 2). Exit 0 on success, 1 when the operation failed
+(timeout, unreachable cluster, a transfer that did not finish, a wrong
+value in the loop), 2 on bad usage or config (an ID not in the config).
+Always one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +28,24 @@ from clerk.client import AsyncClerk, ClerkTimeout
 from kvserver import kv_pb2
 from kvserver.config import ClusterConfig, ConfigError, load_config
 from rpc import RpcChannel, RpcError, Stub
-from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
+from rpc.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    bounded_float,
+    fail,
+    int_at_most,
+    positive_int,
+)
 from rpc.loop import run
 
 __all__ = ["main"]
 
 PROG = "callerMain"
+MAX_TIMEOUT = 86_400.0
+MAX_CLIENTS = 10_000
+MAX_VALUE_SIZE = 4 << 20
 
 
 async def _loop(ck: AsyncClerk, count: int) -> int:
@@ -68,6 +86,52 @@ async def _status(config: ClusterConfig, timeout: float) -> int:
             f"log {reply.first_index}..{reply.last_index} keys {reply.keys}"
         )
     return EXIT_OK if reachable else EXIT_FAILED
+
+
+async def _transfer_leader(config: ClusterConfig, to: int, timeout: float) -> int:
+    """Ask the leader to hand over to ``to`` (-1: its best follower),
+    following WRONG_LEADER hints to find it; print the new leader's id."""
+    service = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    nodes = config.nodes
+    channels = [RpcChannel(n.host, n.port, connect_timeout=min(timeout, 1.0)) for n in nodes]
+    server = 0
+    tried_in_round = 0
+    problem = "no node answered"
+    try:
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                reply: kv_pb2.TransferLeaderReply = await Stub(
+                    channels[server], service
+                ).TransferLeader(kv_pb2.TransferLeaderRequest(to=to), timeout=remaining)
+            except RpcError as exc:
+                problem = f"node {server}: {exc.status.name.lower()}"
+                server = (server + 1) % len(nodes)
+            else:
+                if reply.err == kv_pb2.OK:
+                    print(reply.leader)
+                    return EXIT_OK
+                if reply.err == kv_pb2.BAD_REQUEST:
+                    fail(PROG, f"node {server} refused: {reply.error}", EXIT_USAGE)
+                if reply.err == kv_pb2.TIMEOUT:
+                    fail(PROG, f"node {server}: {reply.error or 'transfer timed out'}")
+                problem = f"node {server}: {kv_pb2.ErrorCode.Name(reply.err)}"
+                hint = reply.leader_hint
+                if reply.err == kv_pb2.WRONG_LEADER and 0 <= hint < len(nodes) \
+                        and hint != server:
+                    server = hint
+                    continue  # a fresh hint is worth following at once
+                server = (server + 1) % len(nodes)
+            tried_in_round += 1
+            if tried_in_round >= len(nodes):
+                # A whole round without a leader: an election is under way.
+                tried_in_round = 0
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+    finally:
+        for channel in channels:
+            await channel.close()
+    fail(PROG, f"{config.path}: transfer-leader timed out after {timeout:g} s ({problem})")
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -113,7 +177,15 @@ async def _bench(ck: AsyncClerk, clients: int, ops: int, value_size: int, keys: 
             progress()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    try:
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    except BaseException:
+        # Interrupted (Ctrl-C, a timeout): end the progress line so the
+        # error is printed on a line of its own.
+        if last_draw:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        raise
     elapsed = time.perf_counter() - started
     progress(final=True)
     latencies.sort()
@@ -126,10 +198,19 @@ async def _bench(ck: AsyncClerk, clients: int, ops: int, value_size: int, keys: 
     return EXIT_OK
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Client of the replicated KV store.")
     parser.add_argument("-f", "--config", required=True, help="cluster config (seed format)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per operation")
+    parser.add_argument("--timeout", type=bounded_float(0.0, MAX_TIMEOUT), default=10.0,
+                        help="seconds per operation")
     parser.add_argument("--count", type=positive_int, default=500,
                         help="iterations of the default loop")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -144,25 +225,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("delete", help="remove KEY")
     p.add_argument("key")
     sub.add_parser("status", help="one line per node: role, term, leader, indexes")
+    p = sub.add_parser("transfer-leader",
+                       help="make node ID (default: the most up-to-date follower) the leader")
+    p.add_argument("id", nargs="?", type=int, default=None, metavar="ID")
     p = sub.add_parser("bench", help="run a load and print ops/s and latency")
-    p.add_argument("--clients", type=positive_int, default=64)
+    # Bounded: each client is a coroutine and holds a request of
+    # --value-size bytes; a typo must not exhaust memory.
+    p.add_argument("--clients", type=int_at_most(MAX_CLIENTS), default=64)
     p.add_argument("--ops", type=positive_int, default=10_000)
-    p.add_argument("--value-size", type=positive_int, default=100)
+    p.add_argument("--value-size", type=int_at_most(MAX_VALUE_SIZE), default=100)
     p.add_argument("--keys", type=positive_int, default=1000)
     p.add_argument("--reads", type=float, default=0.0, help="fraction of gets (0..1)")
     args = parser.parse_args(argv)
-    if not args.timeout > 0:
-        parser.error("--timeout must be positive")
     if args.command == "bench" and not 0.0 <= args.reads <= 1.0:
         parser.error("--reads must be between 0 and 1")
+    for name in ("key", "value"):
+        text = getattr(args, name, None)
+        if text is not None and not _is_utf8(text):
+            # Python hands such bytes over as lone surrogates, which no
+            # protobuf string can carry.
+            fail(PROG, f"the {name} {text!r} is not valid UTF-8", EXIT_USAGE)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
+    if args.command == "transfer-leader" and args.id is not None \
+            and not 0 <= args.id < len(config):
+        fail(PROG, f"node {args.id} is not in {config.path} (ids 0..{len(config) - 1})",
+             EXIT_USAGE)
 
     async def go() -> int:
         if args.command == "status":
             return await _status(config, min(args.timeout, 2.0))
+        if args.command == "transfer-leader":
+            return await _transfer_leader(config, -1 if args.id is None else args.id,
+                                          args.timeout)
         async with AsyncClerk(config.addresses, timeout=args.timeout) as ck:
             if args.command is None:
                 return await _loop(ck, args.count)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from examples import friend_pb2
 from rpc import RpcChannel, RpcError, Status, Stub
-from rpc.cli import EXIT_OK, Parser, fail, port_number
+from rpc.cli import EXIT_OK, Parser, fail, host_name, port_number
 from rpc.loop import run
 
 __all__ = ["get_friends", "main"]
@@ -52,7 +52,8 @@ async def get_friends(host: str, port: int, userid: int, timeout: float) -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Call FriendService.GetFriendsList once.")
-    parser.add_argument("--host", default="127.0.0.1", help="provider address (127.0.0.1)")
+    parser.add_argument("--host", type=host_name, default="127.0.0.1",
+                        help="provider address (127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="provider port (8000)")
     parser.add_argument("--userid", type=_userid, default=1000, help="user id (1000)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (5)")

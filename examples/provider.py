@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from examples import friend_pb2
 from rpc import RpcProvider
-from rpc.cli import EXIT_FAILED, EXIT_OK, Parser, fail, port_number
+from rpc.cli import EXIT_FAILED, EXIT_OK, Parser, fail, host_name, port_number
 from rpc.loop import run
 
 __all__ = ["FriendService", "main"]
@@ -61,7 +61,8 @@ async def serve(host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Serve the example FriendService.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--host", type=host_name, default="127.0.0.1",
+                        help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="port (8000; 0: any)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

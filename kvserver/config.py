@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rpc.cli import is_host_name
+
 __all__ = [
     "ClusterConfig",
     "ConfigError",
@@ -70,7 +72,9 @@ def _check_host(value: str) -> bool:
         ipaddress.ip_address(value)
         return True
     except ValueError:
-        return bool(_HOSTNAME.match(value))
+        # A name the resolver cannot encode (a label over 63 characters)
+        # would fail in getaddrinfo with a UnicodeError, not an OSError.
+        return bool(_HOSTNAME.match(value)) and is_host_name(value)
 
 
 def parse_config(text: str, path: str = "<config>") -> ClusterConfig:

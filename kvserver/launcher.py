@@ -9,6 +9,23 @@ pid and log file, and stays in the foreground supervising them. A node that
 exits is reported with its exit code and log file. On Ctrl-C or SIGTERM it
 stops them all (SIGTERM, then SIGKILL after a grace period) and leaves no
 process behind.
+
+The nodes die with the launcher however it dies, SIGKILL included, which
+no handler of ours can see: each node is started through
+``kvserver.child``, which asks Linux for a parent-death signal
+(``prctl(PR_SET_PDEATHSIG, SIGTERM)``) before running ``kvserver.main`` in
+the same process. The kernel sends it when the launcher exits, for any
+reason. It is SIGTERM, not SIGKILL, so each node shuts down as on any
+graceful stop (a leader hands over its leadership, the WAL is closed). The
+child compares ``getppid()`` with the launcher's pid after arming it: if
+the launcher died between the fork and the ``prctl``, nobody would signal
+the child, so it exits at once. A wrapper module rather than a
+``preexec_fn``: code between fork and exec is unsafe in a process with
+threads (tests use ``Cluster`` from threaded programs) and disables the
+fast spawn path. The nodes stay in the launcher's process group, so a
+Ctrl-C in the terminal reaches them as well (they stop cleanly on SIGINT).
+The signal is sent when the thread that started the node exits: start
+nodes from the main thread, as ``main`` does.
 """
 
 from __future__ import annotations
@@ -25,12 +42,13 @@ from pathlib import Path
 from types import FrameType
 
 from kvserver.config import ConfigError, format_config, load_config
-from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
+from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, int_at_most, positive_int
 
 __all__ = ["Cluster", "free_ports", "main"]
 
 PROG = "raftCoreRun"
 STOP_GRACE = 5.0
+MAX_NODES = 100
 
 
 def _ephemeral_range() -> tuple[int, int] | None:
@@ -116,7 +134,7 @@ class Cluster:
         log = open(self.log_path(i), "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "kvserver.main", "--id", str(i),
+                [sys.executable, "-m", "kvserver.child", str(os.getpid()), "--id", str(i),
                  "-f", str(self.config_path), "--data-dir", str(self.data_dir / f"node{i}"),
                  *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -153,7 +171,9 @@ class Cluster:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Start an N-node KV cluster on 127.0.0.1.")
-    parser.add_argument("-n", type=positive_int, required=True, help="number of nodes")
+    # Bounded: each node is a process and a port; -n 10**9 must not fork-bomb.
+    parser.add_argument("-n", type=int_at_most(MAX_NODES), required=True,
+                        help=f"number of nodes (at most {MAX_NODES})")
     parser.add_argument("-f", "--config", required=True, help="config file to write")
     parser.add_argument("--data-dir", default="data", help="data and logs (data)")
     parser.add_argument("--max-raft-state", type=positive_int, default=None)

@@ -5,9 +5,11 @@
              [--max-client-connections N] [--idle-timeout SECONDS] [--log-level L]
 
 Recovers from ``--data-dir`` (default ``data/node<I>``) after any crash.
-Stops cleanly on SIGTERM or SIGINT (exit 0). Exit 2 with one line on stderr
-for a bad command line or config, a port already in use, or an unusable
-data dir; exit 1 if the node fails while running (e.g. its disk).
+Stops cleanly on SIGTERM or SIGINT (exit 0); a leader first hands
+leadership to its most up-to-date follower (bounded by an election
+timeout). Exit 2 with one line on stderr for a bad command line or config,
+a port already in use, or an unusable data dir; exit 1 if the node fails
+while running (e.g. its disk).
 
 At start the soft open-file limit is raised to the hard one; client
 connections are capped below it, so that storage and Raft peers always find
@@ -21,11 +23,12 @@ import asyncio
 import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
 from kvserver import resources
-from kvserver.config import ConfigError, load_config
+from kvserver.config import ConfigError, NodeAddress, load_config
 from kvserver.limits import Limits, LimitsError
 from kvserver.server import DEFAULT_IDLE_TIMEOUT, KvNode, KvNodeOptions
 from raft.storage import StorageError
@@ -44,6 +47,21 @@ def _configure_logging(node_id: int, level: str) -> None:
         format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _check_port(address: NodeAddress) -> None:
+    """Exit 2 if this node's address cannot be listened on, before anything
+    touches the data dir: a node that cannot serve must not create one. A
+    trial listen (closed again at once) rather than handing the socket to
+    the provider: SO_REUSEADDR lets the provider bind it right after, and a
+    port taken in between is still reported by start() (see _serve)."""
+    try:
+        with socket.create_server((address.host, address.port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(PROG, f"{address}: port {address.port} is already in use", EXIT_USAGE)
+        fail(PROG, f"{address}: cannot listen: {exc.strerror or exc}", EXIT_USAGE)
 
 
 async def _serve(node: KvNode) -> int:
@@ -65,6 +83,10 @@ async def _serve(node: KvNode) -> int:
     waiter.cancel()
     failed.cancel()
     failure = node.node.failure
+    if failure is None:
+        # Graceful stop: a leader hands over first, so writes pause for a
+        # round trip rather than an election timeout (as with kill -9).
+        await node.hand_over_leadership()
     await node.stop()
     if failure is not None:
         fail(PROG, f"node {node.id} stopped: {failure}", EXIT_FAILED)
@@ -125,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_clients = resources.check_budget(budget, args.max_client_connections)
     except ValueError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
+    _check_port(config.node(args.id))
     _configure_logging(args.id, args.log_level)
     logging.getLogger("kvserver").info(
         "open-file limit: soft %d -> %d (hard %s); client connections capped at %d "

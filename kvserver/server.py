@@ -9,6 +9,7 @@ clients share the port, as in the seed).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from kvserver.limits import Limits
 from kvserver.resources import peer_reserve
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import KvStateMachine
+from raft.core import NotLeader
 from raft.file_storage import FileStorage
-from raft.node import NodeConfig, RaftNode
+from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
 from rpc import RpcProvider
 
@@ -112,6 +114,28 @@ class KvNode:
         self._started = True
         log.info("node %d serving on %s (data dir %s)", self.id, self.address,
                  self.options.data_dir)
+
+    async def hand_over_leadership(self) -> int | None:
+        """If this node leads, transfer leadership to the most up-to-date
+        follower (bounded by about an election timeout); the new leader's
+        id, or None if there was nothing to hand over or it failed. Done
+        before a graceful stop, as etcd does: the cluster then has a leader
+        within a round trip instead of an election timeout (the seed's
+        300-500 ms of refused writes)."""
+        node = self.node
+        if not self._started or not node.is_leader or len(node.config.peers) < 2:
+            return None
+        start = time.monotonic()
+        term = node.status().term
+        try:
+            new = await node.transfer_leadership()
+        except (TimeoutError, ValueError, NotLeader, NodeStopped) as exc:
+            log.warning("node %d: leadership transfer before stopping failed: %s",
+                        self.id, exc)
+            return None
+        log.info("node %d handed leadership to node %d in %.1f ms (term %d -> %d)",
+                 self.id, new, (time.monotonic() - start) * 1e3, term, node.status().term)
+        return new
 
     async def stop(self) -> None:
         """Refuse new requests, stop Raft, close the port and the storage."""

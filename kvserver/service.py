@@ -356,10 +356,30 @@ class KvService:
     async def TransferLeader(
         self, request: kv_pb2.TransferLeaderRequest
     ) -> kv_pb2.TransferLeaderReply:
-        # Placeholder until graceful stop lands (issue 12, item 6).
-        return kv_pb2.TransferLeaderReply(
-            err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
-            error="leadership transfer is not implemented yet")
+        """Hand leadership to ``request.to`` (-1: the most up-to-date
+        follower); OK with the new leader once it leads. Not the hot path:
+        a coroutine, bounded by the node (about an election timeout)."""
+        reply = kv_pb2.TransferLeaderReply
+        if self.shutting_down:
+            return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        to = request.to
+        if to < -1 or (to >= 0 and to not in self._node.config.peers):
+            return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
+                         error=f"node {to} is not in the cluster")
+        try:
+            leader = await self._node.transfer_leadership(None if to == -1 else to)
+        except NotLeader:
+            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        except ValueError as exc:
+            return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
+                         error=str(exc))
+        except TimeoutError as exc:
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(), error=str(exc))
+        except NodeStopped:
+            return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        log.info("node %d: leadership transferred to node %d on request",
+                 self._node.id, leader)
+        return reply(err=kv_pb2.OK, leader=leader, leader_hint=leader)
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from raft.core import Config, NotLeader, RaftCore, Ready
 from raft.storage import Storage, StorageError
-from raft.types import Entry, EntryType, Message, MessageType, Role, Snapshot
+from raft.types import NONE, Entry, EntryType, Message, MessageType, Role, Snapshot
 from rpc import Promise
 
 __all__ = [
@@ -256,6 +256,9 @@ class RaftNode:
         self._proposals: dict[int, _Proposal] = {}
         self._reads = _Reads()
         self._read_counter = 0
+        #: Callers of transfer_leadership waiting for another node to lead:
+        #: (target, future of the new leader's id).
+        self._transfers: list[tuple[int, asyncio.Future[int]]] = []
         self._wake: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._readies_taken = 0
@@ -425,11 +428,101 @@ class RaftNode:
         self._core.transfer_leader(to)
         self._schedule_drain()
 
+    @property
+    def election_timeout(self) -> float:
+        """The longest randomized election timeout, in seconds."""
+        cfg = self.config
+        return (cfg.election_tick + (cfg.election_jitter or cfg.election_tick)) \
+            * cfg.tick_interval
+
+    def best_transfer_target(self) -> int:
+        """The follower to hand leadership to: the most up-to-date voter
+        (highest match index) among those heard from recently, so its
+        TIMEOUT_NOW is sent at once and its election cannot be refused for
+        an old log. ``NONE`` if there is no other voter. Leader only."""
+        st = self._core.status()
+        candidates = [(pr.recent_active, pr.match, -p) for p, pr in st.progress.items()
+                      if p != self.id]
+        if not candidates:
+            return NONE
+        return -max(candidates)[2]
+
+    async def transfer_leadership(self, to: int | None = None,
+                                  timeout: float | None = None) -> int:
+        """Hand leadership to ``to`` (default: ``best_transfer_target()``)
+        and return the new leader's id once this node has heard from it (it
+        leads a later term). Raises ``NotLeader`` (with a hint) if this node
+        does not lead, ``ValueError`` for a target that is not another
+        voter, ``TimeoutError`` if the transfer did not finish: the core
+        aborts it after an election timeout (dissertation 3.10), and
+        ``timeout`` (default twice the longest election timeout) bounds the
+        wait; or ``NodeStopped``. Proposals are refused meanwhile."""
+        self._check_running()
+        core = self._core
+        if core.role is not Role.LEADER:
+            raise NotLeader(core.leader)
+        if to is None:
+            to = self.best_transfer_target()
+            if to == NONE:
+                raise ValueError("no other voter to transfer leadership to")
+        if to == self.id:
+            return self.id
+        if to not in core.peers:
+            raise ValueError(f"node {to} is not a voter")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._transfers.append((to, future))
+        self._log.info("node %d transferring leadership to node %d (term %d, its match %d "
+                       "of %d)", self.id, to, core.term, core.progress[to].match,
+                       core.log.last_index())
+        core.transfer_leader(to)
+        self._schedule_drain()
+        if timeout is None:
+            timeout = 2 * self.election_timeout
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"leadership transfer to node {to} did not finish "
+                               f"within {timeout:g} s") from None
+        finally:
+            self._transfers = [t for t in self._transfers if t[1] is not future]
+
+    def _settle_transfers(self) -> None:
+        """Settle the transfer waiters after a tick or a role change: done
+        once another node leads, failed once the core gave the transfer up
+        (it keeps leading with no transferee: the election timeout passed)."""
+        if not self._transfers:
+            return
+        core = self._core
+        if core.role is Role.LEADER:
+            if core.lead_transferee != NONE:
+                return
+            error: Exception = TimeoutError("leadership transfer aborted after an "
+                                            "election timeout")
+            for _, future in self._transfers:
+                _fail_future(future, error)
+            self._transfers = []
+        elif core.leader not in (NONE, self.id):
+            # Stepping down (the target's vote request) comes first, with no
+            # leader known; done when the new leader's first append arrives.
+            for _, future in self._transfers:
+                if not future.done():
+                    future.set_result(core.leader)
+            self._transfers = []
+
     def report_unreachable(self, peer: int) -> None:
         """The transport could not reach ``peer``: stop streaming to it."""
         if self._stopped:
             return
         self._core.report_unreachable(peer)
+        if any(to == peer for to, _ in self._transfers):
+            # Its TIMEOUT_NOW (or the append before it) may be lost and the
+            # core does not resend it: waiting out the election timeout
+            # would only delay a caller who can pick another target.
+            error = TimeoutError(f"leadership transfer target {peer} is unreachable")
+            for to, future in self._transfers:
+                if to == peer:
+                    _fail_future(future, error)
+            self._transfers = [t for t in self._transfers if t[0] != peer]
         self._schedule_drain()
 
     def campaign(self) -> None:
@@ -477,6 +570,7 @@ class RaftNode:
         if self._stopped:
             return
         self._core.tick()
+        self._settle_transfers()
         self._schedule_drain()
         assert self._loop is not None
         # Keep a steady cadence; if the loop fell behind, skip ahead rather
@@ -715,6 +809,7 @@ class RaftNode:
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         old, self._role = self._role, role
+        self._settle_transfers()
         if old is Role.LEADER and role is not Role.LEADER:
             self._log.info("node %d stepped down (term %d, leader now %d)",
                            self.id, self._core.term, leader)
@@ -744,6 +839,9 @@ class RaftNode:
 
     def _fail_pending(self, exc: Exception) -> None:
         self._fail_proposals(exc)
+        transfers, self._transfers = self._transfers, []
+        for _, transfer in transfers:
+            _fail_future(transfer, exc)
         for future in self._unconfirmed_reads():
             _fail(future, exc)
         waiting, self._reads.waiting_apply = self._reads.waiting_apply, deque()
@@ -799,3 +897,8 @@ def _fail(promise: Promise[Any], exc: BaseException) -> None:
     promise may have settled it meanwhile."""
     if not promise.done():
         promise.set_exception(exc)
+
+
+def _fail_future(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

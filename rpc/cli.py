@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 __all__ = [
@@ -15,7 +16,11 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Parser",
+    "bounded_float",
     "fail",
+    "host_name",
+    "int_at_most",
+    "is_host_name",
     "port_number",
     "positive_int",
 ]
@@ -42,6 +47,55 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port {value} out of range 0..65535")
     return value
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` can be handed to getaddrinfo: the resolver encodes
+    names with IDNA, which raises (a UnicodeError, not an OSError) for a
+    label over 63 characters, a name over 253 or a non-UTF-8 argument."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def host_name(text: str) -> str:
+    """argparse type for a host name or IP address."""
+    if not is_host_name(text):
+        raise argparse.ArgumentTypeError(f"invalid host name {text!r}")
+    return text
+
+
+def bounded_float(low: float, high: float) -> Callable[[str], float]:
+    """argparse type for a finite number in (low, high] (timeouts: inf or
+    1e300 seconds would overflow the loop's timers or wait forever)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if not low < value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is not in ({low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+def int_at_most(high: int) -> Callable[[str], int]:
+    """argparse type like ``positive_int`` with an upper bound (a count that
+    sizes memory: clients, value bytes)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{value} is more than the maximum {high}")
+        return value
+
+    return parse
 
 
 def positive_int(text: str) -> int:

@@ -212,6 +212,42 @@ def test_leadership_transfer(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_transfer_leadership_picks_the_best_follower_and_returns_the_new_leader(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        cluster = LocalCluster(tmp_path, 3)
+        await cluster.start()
+        try:
+            await cluster.propose(b"t")
+            leader = await cluster.wait_leader()
+            node = cluster.node(leader)
+            term = node.status().term
+            lagging = (leader + 1) % 3
+            await cluster.stop_member(lagging)
+            await cluster.propose(b"only the others have this")
+            best = node.best_transfer_target()
+            assert best == (leader + 2) % 3  # the stopped one lags behind
+            assert await node.transfer_leadership() == best
+            assert cluster.node(best).is_leader and cluster.node(best).status().term == term + 1
+            assert not node.is_leader
+            with pytest.raises(NotLeader) as info:
+                await node.transfer_leadership(leader)
+            assert info.value.leader == best
+            # A target that cannot answer: refused fast, not after the timeout.
+            new = cluster.node(best)
+            with pytest.raises(TimeoutError):
+                await new.transfer_leadership(lagging, timeout=5.0)
+            assert new.is_leader
+            with pytest.raises(ValueError):
+                await new.transfer_leadership(7)
+            assert await new.transfer_leadership(best) == best  # already leads
+        finally:
+            await cluster.stop()
+
+    run(scenario)
+
+
 def test_slow_follower_does_not_slow_commits(tmp_path: Path) -> None:
     """Every link into node 2 goes through a proxy; once a leader other than
     2 is chosen, its link to 2 gets 0.5 s of latency. Commits need only the
