@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from clerk.client import AsyncClerk, ClerkTimeout
+from clerk.client import AsyncClerk, BadRequest, ClerkError, TooLarge
 from kvserver import kv_pb2
 from kvserver.config import ClusterConfig, ConfigError, load_config
 from rpc import RpcChannel, RpcError, Stub
@@ -278,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(go())
-    except ClerkTimeout as exc:
+    except (BadRequest, TooLarge) as exc:  # what was typed can never succeed
+        fail(PROG, str(exc), EXIT_USAGE)
+    except ClerkError as exc:  # a timeout, a server error
         fail(PROG, f"{config.path}: {exc}")
     except KeyboardInterrupt:
         fail(PROG, "interrupted")

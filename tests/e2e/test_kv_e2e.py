@@ -37,6 +37,11 @@ def test_put_get_append_delete_through_caller_main_and_clerk(tmp_path: Path) -> 
             assert ck.get("new") == "x"
             assert ck.get("nope", default="-") == "-"
 
+        # Over a limit: one line naming it, exit 2, no retry loop.
+        big = run_cli(*CALLER, "-f", conf, "put", "k" * 512, "v")
+        assert big.returncode == 2, big.stderr
+        assert big.stderr.count("\n") == 1 and "max_key_bytes=511" in big.stderr
+
         loop = run_cli(*CALLER, "-f", conf, "--count", "20")
         assert loop.returncode == 0, loop.stderr
         assert loop.stdout.count("get return :{") == 20
