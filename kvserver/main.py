@@ -149,11 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, str(exc), EXIT_USAGE)
     _check_port(config.node(args.id))
     _configure_logging(args.id, args.log_level)
-    logging.getLogger("kvserver").info(
-        "open-file limit: soft %d -> %d (hard %s); client connections capped at %d "
-        "(+%d for peers)", soft_before, soft_after,
-        resources.limit_text(hard),
-        max_clients, resources.peer_reserve(len(config)))
     data_dir = args.data_dir or f"data/node{args.id}"
     options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state,
                             limits=limits,
@@ -168,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, text if data_dir in text else f"data dir {data_dir}: {text}", EXIT_USAGE)
     except OSError as exc:
         fail(PROG, f"data dir {data_dir}: {exc.strerror or exc}", EXIT_USAGE)
+    # Logged once the node could be built: a usage error stays one line.
+    logging.getLogger("kvserver").info(
+        "open-file limit: soft %d -> %d (hard %s); client connections capped at %d "
+        "(+%d for peers)", soft_before, soft_after,
+        resources.limit_text(hard),
+        max_clients, resources.peer_reserve(len(config)))
     try:
         return run(_serve(node))
     except KeyboardInterrupt:

@@ -24,7 +24,10 @@ def test_lost_newest_segment_exits_2_naming_it(tmp_path: Path) -> None:
             for i in range(20):
                 ck.put(f"k{i}", f"v{i}")
         # A second node on the same dir: the message names the dir once.
-        locked = run_cli(*cmd)
+        other = tmp_path / "other.conf"  # another port: the port is checked first
+        other.write_text(f"node0ip=127.0.0.1\nnode0port={free_ports(1)[0]}\n")
+        locked = run_cli("-m", "kvserver.main", "--id", "0", "-f", str(other),
+                         "--data-dir", str(data))
         assert locked.returncode == 2, locked.stderr
         assert locked.stderr == (
             f"kvserver: error: data dir {data} is in use by another process (LOCK is held)\n"
