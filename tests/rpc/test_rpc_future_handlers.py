@@ -99,6 +99,9 @@ async def test_errors_raised_or_set_on_the_future_reach_the_caller(kind: str) ->
 async def test_deadline_cancels_the_future_and_answers_deadline_exceeded(kind: str) -> None:
     impl = FutureEcho(kind)
     async with serving(impl) as provider, echo_stub(provider.port) as stub:
+        # Connected first: on a loaded machine, connecting alone could take
+        # the 50 ms, and the request would never reach the server.
+        assert (await stub.Echo(EchoRequest(seq=0, fail="now"), timeout=WAIT)).seq == 0
         with pytest.raises(RpcError) as info:
             await stub.Echo(EchoRequest(seq=1), timeout=0.05)
         assert info.value.status is Status.DEADLINE_EXCEEDED
