@@ -48,15 +48,6 @@ Answer: TypeAlias = R | Promise[R]
 _OPS = frozenset(kv_pb2.Op.values())
 
 
-def _written(result: tuple[int, Applied]) -> kv_pb2.PutAppendReply:
-    """The reply for a write the node applied: (index, what apply did)."""
-    if result[1] is Applied.TOO_LARGE:
-        return kv_pb2.PutAppendReply(
-            err=kv_pb2.TOO_LARGE,
-            error="the value this APPEND would leave is over the limit max_value_bytes")
-    return kv_pb2.PutAppendReply(err=kv_pb2.OK)
-
-
 def _merge(refusals: Sequence[R | None], replies: list[R]) -> list[R]:
     """Replies in request order: each refusal where it stood, the replies of
     the operations that went ahead, in order, in the other places."""
@@ -117,6 +108,15 @@ class KvService:
         elapsed_ms = int((now - self._clock_base) * 1000)
         # Never behind what is applied: a lagging base only slows the clock.
         return max(self._sm.clock_ms, self._clock_base_ms + max(0, elapsed_ms))
+
+    def _written(self, result: tuple[int, Applied]) -> kv_pb2.PutAppendReply:
+        """The reply for a write the node applied: (index, what apply did)."""
+        if result[1] is Applied.TOO_LARGE:
+            return kv_pb2.PutAppendReply(
+                err=kv_pb2.TOO_LARGE, leader_hint=-1,
+                error=f"the value this APPEND would leave is over the limit "
+                      f"max_value_bytes={self.limits.max_value_bytes}")
+        return kv_pb2.PutAppendReply(err=kv_pb2.OK)
 
     def _command(self, request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
         return encode_command(kv_pb2.Command(
@@ -264,7 +264,7 @@ class KvService:
             applied = self._node.propose_future(self._command(request, self._stamp_ms()))
         except (NotLeader, ProposalDropped, NodeStopped) as exc:
             return self._refusal(exc, kv_pb2.PutAppendReply)
-        return self._answer(applied, kv_pb2.PutAppendReply, _written)
+        return self._answer(applied, kv_pb2.PutAppendReply, self._written)
 
     @returns_future
     def Batch(self, request: kv_pb2.BatchRequest) -> Answer[kv_pb2.BatchReply]:
@@ -349,7 +349,7 @@ class KvService:
         replies = []
         for future in written:
             exc = _outcome(future)
-            replies.append(_written(future.result()) if exc is None
+            replies.append(self._written(future.result()) if exc is None
                            else self._refusal(exc, kv_pb2.PutAppendReply))
         return replies
 
