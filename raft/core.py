@@ -11,12 +11,14 @@ References in comments: "paper" = Ongaro & Ousterhout, *In Search of an
 Understandable Consensus Algorithm* (extended version); "dissertation" =
 Ongaro, *Consensus: Bridging Theory and Practice* (2014).
 
-Every message leaves through ``ready()`` -- none is sent "directly" -- so a
-driver that persists a Ready before sending its messages can never announce
-state (a vote, an appended entry) that a crash could take back. The leader
-builds its APPENDs lazily, when ``ready()`` is called: all proposals made
-since the previous Ready travel in one batch per follower (bounded by
-``max_size_per_msg``; pipelined up to the inflight limits).
+Every message leaves through ``ready()`` -- none is sent "directly" -- and
+the core itself sorts them: ``Ready.messages`` may leave at once,
+``Ready.messages_after_persist`` (vote grants, append acknowledgements) only
+once that Ready's writes are durable, so a driver that follows ``Ready``'s
+one ordering rule can never announce state that a crash could take back.
+The leader builds its APPENDs lazily, when ``ready()`` is called: all
+proposals made since the previous Ready travel in one batch per follower
+(bounded by ``max_size_per_msg``; pipelined up to the inflight limits).
 
 Structure: ``step`` handles terms once for all roles, then the role's
 handler (``self._step`` is ``_step_follower``, ``_step_candidate`` or
@@ -89,6 +91,13 @@ class MT:
 
 assert {k: v for k, v in vars(MT).items() if k.isupper()} == dict(MessageType.__members__)
 
+#: Messages that promise something about this node's disk: they leave only
+#: once the Ready that carries them is durable (``Ready`` rule 3; etcd's
+#: ``msgsAfterAppend``). Everything else may leave at once.
+_AFTER_PERSIST: Final = frozenset(
+    {MessageType.APPEND_RESPONSE, MessageType.VOTE_RESPONSE, MessageType.PRE_VOTE_RESPONSE}
+)
+
 #: Looked up once, for the same reason as ``MT``: compared on every
 #: proposal, Ready and acknowledgement.
 _LEADER: Final = Role.LEADER
@@ -149,36 +158,57 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """What the driver must do, in this order:
+    """What the driver must do. The whole ordering rule of Raft's I/O is
+    here; a driver that keeps it needs to know nothing else of Raft
+    (``raft.ready_processor.ReadyProcessor`` is the one that does):
 
-    1. Persist ``hard_state``, ``entries`` and ``snapshot`` durably
-       (``storage.save(hard_state, entries, snapshot)``, one fsync) BEFORE
-       sending any message: vote grants and append acknowledgements in
-       ``messages`` promise that this state survives a crash.
-    2. Send ``messages``.
-    3. Apply: first install ``snapshot`` into the state machine (if any), then
-       apply ``committed_entries`` in order.
-    4. Release each of ``read_states`` once the applied index is >= its
-       ``index`` (serve the read then; linearizable by dissertation 6.4).
-    5. Call ``advance(rd)`` with this very object.
+    1. ``messages`` may be sent at once, even before anything of this Ready
+       is written: they promise nothing about this node's disk (a leader's
+       appends and heartbeats, dissertation 10.2.1; vote requests, whose
+       sender's own vote counts only once durable, see 4).
+    2. ``hard_state``, ``entries`` and ``snapshot`` are written with
+       ``storage.save``, Readys in the order they were taken; then, if
+       ``must_sync``, made durable with ``storage.sync()`` (one sync may
+       cover several Readys: group commit).
+    3. Only once this Ready's writes are durable may
+       ``messages_after_persist`` be sent: append acknowledgements and vote
+       grants are promises that this state survives a crash (paper Figure
+       2: "respond after persisting"). A message addressed to this node
+       itself (a candidate's own vote) is stepped back into the core.
+    4. ``snapshot`` is restored into the state machine and
+       ``committed_entries`` applied, in Ready order, at once: committed
+       entries are on a quorum's disks already (etcd applies while its WAL
+       writes too). Each of ``read_states`` is served once the applied
+       index reaches its ``index`` (dissertation 6.4).
+    5. ``advance(rd)`` with this very object, in Ready order, once 2-4 are
+       done for it. Only then does the core count what was written: the
+       leader's own entries toward commit (paper 5.3), a candidate's own
+       vote toward its election.
 
-    Exactly one Ready may be outstanding: call ``advance`` before the next
-    ``ready()``. Meanwhile a leader may take partial ones from
-    ``leader_ready()`` (and advance each before taking another).
+    ``ready()`` may be called again before the last Ready is advanced (its
+    entries are not handed out twice): a leader keeps replicating, and
+    everyone keeps applying, while a slow write is in flight.
     """
 
     #: Leader/role, if changed since the last Ready.
     soft_state: SoftState | None = None
     #: Term/vote/commit to persist, if changed since the last Ready.
     hard_state: HardState | None = None
-    #: Unstable entries to persist; ``storage.save`` truncates any stored
-    #: suffix from ``entries[0].index`` on (it conflicted with the leader).
+    #: Entries to persist; ``storage.save`` truncates any stored suffix from
+    #: ``entries[0].index`` on (it conflicted with the leader).
     entries: tuple[Entry, ...] = ()
     #: A snapshot received from the leader: persist it, restore the state machine.
     snapshot: Snapshot | None = None
+    #: May leave now (rule 1).
     messages: tuple[Message, ...] = ()
+    #: May leave only once this Ready's writes are durable (rule 3).
+    messages_after_persist: tuple[Message, ...] = ()
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
+    #: The writes must be fsynced before rule 3: new entries, a snapshot, or
+    #: a new term or vote. A commit index alone need not be (etcd MustSync):
+    #: it is recomputed from a quorum after a crash.
+    must_sync: bool = False
 
     def __bool__(self) -> bool:
         return bool(
@@ -187,6 +217,7 @@ class Ready:
             or self.entries
             or self.snapshot
             or self.messages
+            or self.messages_after_persist
             or self.committed_entries
             or self.read_states
         )
@@ -249,6 +280,9 @@ class RaftCore:
         self._lead_transferee = NONE
 
         self._msgs: list[Message] = []
+        self._msgs_after_persist: list[Message] = []
+        #: Responses queued so far (see ``step``'s return value).
+        self._replies = 0
         self._read_states: list[ReadState] = []
         self._read_only = ReadOnly()
         #: Reads that arrived before the leader committed an entry of its term.
@@ -377,9 +411,19 @@ class RaftCore:
         if self._role is Role.LEADER and pr is not None and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message) -> bool:
         """Handle a message from a peer. Terms first (paper 5.1, Figure 2
-        "Rules for all servers"), then the role's handler."""
+        "Rules for all servers"), then the role's handler.
+
+        For a request with a ``reply_to`` id: True if the core answered it
+        (the answer, carrying the same id, is in a later Ready), False if it
+        was ignored (a stale or lease-protected request: no answer will
+        come). Meaningless otherwise."""
+        replies = self._replies
+        self._step_message(m)
+        return self._replies != replies
+
+    def _step_message(self, m: Message) -> None:
         if m.term > self._term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 force = m.context == TRANSFER_CONTEXT
@@ -416,13 +460,12 @@ class RaftCore:
     def has_ready(self) -> bool:
         # Called on every wakeup of the driver, so written as early returns,
         # most frequent first; "nothing to do" is the path that runs them all.
-        if self._msgs or self._read_states:
+        if self._msgs or self._msgs_after_persist or self._read_states:
             return True
         if (self._bcast_entries or self._bcast_commit) and self._role is _LEADER:
             return True
         log = self.log
-        unstable = log.unstable
-        if unstable.entries or unstable.snapshot is not None:
+        if log.unstable.has_next():
             return True
         soft, hard = self._prev_soft, self._prev_hard
         if (
@@ -444,36 +487,37 @@ class RaftCore:
         if prev_soft.leader != self._leader or prev_soft.role is not self._role:
             soft = self._prev_soft = SoftState(self._leader, self._role)
         hard: HardState | None = None
+        must_sync = False
         prev_hard = self._prev_hard
         if (
             prev_hard.term != self._term
             or prev_hard.vote != self._vote
             or prev_hard.commit != self.log.committed
         ):
+            must_sync = prev_hard.term != self._term or prev_hard.vote != self._vote
             hard = self._prev_hard = self._hard_state()
-        messages, committed, read_states = self._take_outputs()
-        return Ready(
-            soft_state=soft,
-            hard_state=hard,
-            entries=tuple(self.log.unstable.entries),
-            snapshot=self.log.unstable.snapshot,
-            messages=messages,
-            committed_entries=committed,
-            read_states=read_states,
-        )
-
-    def _take_outputs(
-        self,
-    ) -> tuple[tuple[Message, ...], tuple[Entry, ...], tuple[ReadState, ...]]:
-        """Hand out the pending messages, the committed entries not handed
-        out yet and the read states (each exactly once)."""
+        unstable = self.log.unstable
+        entries = tuple(unstable.next_entries())
+        snapshot = unstable.next_snapshot()
+        unstable.accept_in_progress()
         committed = tuple(self.log.next_committed_entries())
-        out = (tuple(self._msgs), committed, tuple(self._read_states))
-        self._msgs = []
-        self._read_states = []
         if committed:
             self.log.accept_applying(committed[-1].index)
-        return out
+        rd = Ready(
+            soft_state=soft,
+            hard_state=hard,
+            entries=entries,
+            snapshot=snapshot,
+            messages=tuple(self._msgs),
+            messages_after_persist=tuple(self._msgs_after_persist),
+            committed_entries=committed,
+            read_states=tuple(self._read_states),
+            must_sync=must_sync or bool(entries) or snapshot is not None,
+        )
+        self._msgs = []
+        self._msgs_after_persist = []
+        self._read_states = []
+        return rd
 
     def advance(self, rd: Ready) -> None:
         """The driver persisted, sent and applied ``rd``."""
@@ -484,7 +528,6 @@ class RaftCore:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
         if rd.committed_entries and rd.committed_entries[-1].index > self.log.applied:
-            # (A leader_ready() taken meanwhile may have applied past these.)
             self.log.applied_to(rd.committed_entries[-1].index)
         if self._role is _LEADER and (rd.entries or rd.snapshot is not None):
             # The leader's own disk counts toward the majority only once the
@@ -492,36 +535,6 @@ class RaftCore:
             self_pr = self.progress[self._id]
             if self_pr.maybe_update(self.log.persisted_index()):
                 self._commit_if_possible()
-
-    def has_leader_ready(self) -> bool:
-        """Whether ``leader_ready()`` has anything to hand out."""
-        return self._role is _LEADER and bool(
-            self._bcast_entries
-            or self._bcast_commit
-            or self._msgs
-            or self._read_states
-            or self.log.has_next_committed_entries()
-        )
-
-    def leader_ready(self) -> Ready:
-        """A leader's partial Ready that needs no fsync of its own, for the
-        time while the last full ``ready()`` is still being persisted: its
-        messages (appends of entries not yet on our disk included: a leader
-        may send before it writes, dissertation 10.2.1), committed entries
-        and read states. No entries, hard state or snapshot: the next full
-        ``ready()`` hands those out. Process it like a Ready (send, apply,
-        release reads) and ``advance()`` it; the outstanding full Ready is
-        advanced later as usual.
-
-        The driver must take one only while the term and vote it has made
-        durable are the current ones (the messages carry the term). Commit
-        still counts the leader's own entries only once durable, so what is
-        committed here is on a quorum's disks."""
-        if self._role is not _LEADER:
-            raise NotLeader(self._leader)
-        self._flush_broadcast()
-        messages, committed, read_states = self._take_outputs()
-        return Ready(messages=messages, committed_entries=committed, read_states=read_states)
 
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
@@ -655,12 +668,16 @@ class RaftCore:
         else:
             self._become_candidate()
             vote_type, term = MT.VOTE, self._term
-        if self._poll(self._id, True) is VoteResult.WON:
-            # Single-node cluster: our own vote is a majority.
-            if pre_vote:
-                self._campaign(pre_vote=False, transfer=transfer)
-            else:
-                self._become_leader()
+        if not pre_vote:
+            # Our own vote counts only once it is durable (etcd does the
+            # same): it comes back through Ready.messages_after_persist. A
+            # vote counted before a crash could take it back is how a node
+            # votes twice in one term.
+            self._send(Message(MT.VOTE_RESPONSE, self._id, self._id, term))
+        elif self._poll(self._id, True) is VoteResult.WON:
+            # Single-node cluster: our own pre-vote (it promises nothing) is
+            # a majority.
+            self._campaign(pre_vote=False, transfer=transfer)
             return
         last = self.log.last_index()
         last_term = self.log.last_term()
@@ -682,12 +699,12 @@ class RaftCore:
         if self._can_grant_vote(m):
             # A granted pre-vote answers with the proposed term, so that the
             # pre-candidate does not drop it as stale (dissertation 9.6).
-            self._send(Message(resp, self._id, m.src, m.term))
+            self._send(Message(resp, self._id, m.src, m.term, reply_to=m.reply_to))
             if m.type is MT.VOTE:
                 self._election_elapsed = 0
                 self._vote = m.src
         else:
-            self._send(Message(resp, self._id, m.src, self._term, reject=True))
+            self._send(Message(resp, self._id, m.src, self._term, reject=True, reply_to=m.reply_to))
 
     # -- ticks ------------------------------------------------------------------
 
@@ -737,9 +754,9 @@ class RaftCore:
             # A leader partitioned away keeps its old term: with check-quorum
             # or pre-vote our term may never reach it through a vote request,
             # so tell it directly, or it would never step down.
-            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term))
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, reply_to=m.reply_to))
         elif m.type is MT.PRE_VOTE:
-            self._send(Message(MT.PRE_VOTE_RESPONSE, self._id, m.src, self._term, reject=True))
+            self._send(Message(MT.PRE_VOTE_RESPONSE, self._id, m.src, self._term, reject=True, reply_to=m.reply_to))
         # Everything else from an old term is ignored.
 
     def _step_follower(self, m: Message) -> None:
@@ -798,12 +815,12 @@ class RaftCore:
         if m.index < self.log.committed:
             # Everything up to our commit matches the leader already.
             self._send(
-                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
             )
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new))
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new, reply_to=m.reply_to))
             return
         hint, hint_term = self._reject_hint(m.index)
         self._send(
@@ -816,6 +833,7 @@ class RaftCore:
                 reject=True,
                 reject_hint=hint,
                 reject_term=hint_term,
+                reply_to=m.reply_to,
             )
         )
 
@@ -834,7 +852,7 @@ class RaftCore:
         # The leader sends commit = min(our match, its commit): we hold (and
         # have persisted) every entry up to it, and they match the leader's.
         self.log.commit_to(m.commit)
-        self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context))
+        self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context, reply_to=m.reply_to))
 
     def _handle_snapshot(self, m: Message) -> None:
         """One InstallSnapshot chunk (paper Figure 13, dissertation 5.3)."""
@@ -845,7 +863,7 @@ class RaftCore:
             # We already have everything it covers.
             self._snap_recv = None
             self._send(
-                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
             )
             return
         recv = self._snap_recv
@@ -859,7 +877,7 @@ class RaftCore:
             want = len(recv.data) if recv is not None and recv.meta == meta else 0
             self._send(
                 Message(
-                    MT.SNAPSHOT_RESPONSE, self._id, m.src, self._term, snapshot=meta, offset=want
+                    MT.SNAPSHOT_RESPONSE, self._id, m.src, self._term, snapshot=meta, offset=want, reply_to=m.reply_to
                 )
             )
             return
@@ -874,6 +892,7 @@ class RaftCore:
                     self._term,
                     snapshot=meta,
                     offset=len(recv.data),
+                    reply_to=m.reply_to,
                 )
             )
             return
@@ -884,7 +903,7 @@ class RaftCore:
         # (rule 6) may still conflict. The answer depends on the snapshot
         # being persisted: it leaves in the same Ready as Ready.snapshot.
         self._send(
-            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed)
+            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
         )
 
     def _restore(self, snap: Snapshot) -> bool:
@@ -1108,7 +1127,12 @@ class RaftCore:
     # -- output -------------------------------------------------------------------
 
     def _send(self, m: Message) -> None:
-        self._msgs.append(m)
+        if m.reply_to:
+            self._replies += 1
+        if m.type in _AFTER_PERSIST:
+            self._msgs_after_persist.append(m)
+        else:
+            self._msgs.append(m)
 
     def _hard_state(self) -> HardState:
         return HardState(self._term, self._vote, self.log.committed)

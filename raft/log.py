@@ -31,14 +31,38 @@ __all__ = ["RaftLog", "Unstable"]
 
 class Unstable:
     """Entries (and possibly one incoming snapshot) not yet persisted.
-    ``entries[i]`` has index ``offset + i``."""
+    ``entries[i]`` has index ``offset + i``.
 
-    __slots__ = ("entries", "offset", "snapshot")
+    Some of them may be *in progress*: handed to the driver in a Ready whose
+    write is not yet durable (etcd's ``offsetInProgress``). Those are not
+    handed out again; they stay here, readable, until ``stable_to`` says
+    the write is done. Entries from ``in_progress`` on are new."""
+
+    __slots__ = ("entries", "in_progress", "offset", "snapshot", "snapshot_in_progress")
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
         self.entries: list[Entry] = []
         self.snapshot: Snapshot | None = None
+        self.in_progress = offset
+        self.snapshot_in_progress = False
+
+    def next_entries(self) -> list[Entry]:
+        """Entries not handed out for persisting yet."""
+        return self.entries[self.in_progress - self.offset:]
+
+    def next_snapshot(self) -> Snapshot | None:
+        """The snapshot, unless it was handed out already."""
+        return None if self.snapshot_in_progress else self.snapshot
+
+    def has_next(self) -> bool:
+        return (self.offset + len(self.entries) > self.in_progress
+                or (self.snapshot is not None and not self.snapshot_in_progress))
+
+    def accept_in_progress(self) -> None:
+        """Everything unstable was handed out in a Ready."""
+        self.in_progress = self.offset + len(self.entries)
+        self.snapshot_in_progress = self.snapshot is not None
 
     def maybe_first_index(self) -> int | None:
         if self.snapshot is not None:
@@ -73,15 +97,19 @@ class Unstable:
             return
         del self.entries[: index + 1 - self.offset]
         self.offset = index + 1
+        self.in_progress = max(self.in_progress, self.offset)
 
     def stable_snap_to(self, index: int) -> None:
         if self.snapshot is not None and self.snapshot.meta.index == index:
             self.snapshot = None
+            self.snapshot_in_progress = False
 
     def restore(self, snapshot: Snapshot) -> None:
         self.offset = snapshot.meta.index + 1
         self.entries = []
         self.snapshot = snapshot
+        self.in_progress = self.offset
+        self.snapshot_in_progress = False
 
     def truncate_and_append(self, entries: Sequence[Entry]) -> None:
         after = entries[0].index
@@ -95,6 +123,9 @@ class Unstable:
         else:
             del self.entries[after - self.offset :]
             self.entries.extend(entries)
+        # Replaced entries that were in progress must be handed out again:
+        # the write in flight will be overwritten by the next one.
+        self.in_progress = min(self.in_progress, after)
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
         return self.entries[lo - self.offset : hi - self.offset]

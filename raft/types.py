@@ -130,6 +130,11 @@ class Message:
     - ``snapshot``/``offset``/``done``: for SNAPSHOT, the snapshot metadata and
       one chunk of its data at byte ``offset``; ``done`` marks the last chunk.
       For SNAPSHOT_RESPONSE, ``offset`` is the next byte the receiver wants.
+    - ``reply_to``: local only, never on the wire. A driver that answers a
+      peer's request on the same call (an RPC) gives the request an id here;
+      the core copies it into the one response it builds for that request,
+      so the driver routes the response back to its call without guessing
+      (hashicorp/raft's ``RPC.Respond``). 0: not a correlated request.
     """
 
     type: MessageType
@@ -148,10 +153,11 @@ class Message:
     data: bytes = b""
     offset: int = 0
     done: bool = False
+    reply_to: int = 0
 
     # Written out instead of generated: several messages are built per
     # operation, and a frozen dataclass's generated __init__ stores each of
-    # the 16 fields through object.__setattr__; storing through the slot
+    # the 17 fields through object.__setattr__; storing through the slot
     # descriptors (``_MESSAGE_SETTERS``, below the class) takes about half the
     # time. Same signature and defaults as the fields above
     # (``_check_message_init`` verifies that at import).
@@ -173,6 +179,7 @@ class Message:
         data: bytes = b"",
         offset: int = 0,
         done: bool = False,
+        reply_to: int = 0,
     ) -> None:
         (
             set_type,
@@ -191,6 +198,7 @@ class Message:
             set_data,
             set_offset,
             set_done,
+            set_reply_to,
         ) = _MESSAGE_SETTERS
         set_type(self, type)
         set_src(self, src)
@@ -208,6 +216,7 @@ class Message:
         set_data(self, data)
         set_offset(self, offset)
         set_done(self, done)
+        set_reply_to(self, reply_to)
 
 
 #: The slot descriptors' setters of Message's fields, in field order.

@@ -1,9 +1,10 @@
 """A tiny in-memory network of RaftCores for the core's unit/scenario tests.
 
 Deliberately minimal (the faulty-network simulator lives in tests/sim/):
-FIFO delivery, links that can be cut, an optional drop filter, ticks, and the
-driver loop persist -> send -> apply -> advance, with an "applied" list per
-node as the state machine (its snapshot is that list, JSON-encoded).
+FIFO delivery, links that can be cut, an optional drop filter, ticks, and
+each core driven by the one ``ReadyProcessor`` (writes durable at once),
+with an "applied" list per node as the state machine (its snapshot is that
+list, JSON-encoded).
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from random import Random
 from typing import Any
 
 from raft.core import Config, RaftCore, Ready
+from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
-from raft.types import Entry, EntryType, Message, MessageType, ReadState, Role
+from raft.types import (
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    Snapshot,
+    SoftState,
+)
 
 
 def encode_state(applied: list[bytes]) -> bytes:
@@ -42,6 +53,7 @@ class Network:
         #: Rewrites a message in flight (a test's scalpel); None drops it.
         self.mutate: Callable[[Message], Message | None] | None = None
         self.delivered = 0
+        self.processors: dict[int, ReadyProcessor] = {}
         for i in self.ids:
             self.cores[i] = self._new_core(i)
 
@@ -57,23 +69,23 @@ class Network:
 
     # -- driver loop -----------------------------------------------------------
 
+    def processor(self, i: int) -> ReadyProcessor:
+        """Node ``i``'s driver (a new one whenever its core was replaced)."""
+        proc = self.processors.get(i)
+        if proc is None or proc.core is not self.cores[i]:
+            proc = self.processors[i] = ReadyProcessor(
+                self.cores[i], self.storages[i], _Hooks(self, i))
+        return proc
+
     def handle_ready(self, i: int) -> Ready | None:
-        core = self.cores[i]
-        if not core.has_ready():
+        """Take one Ready of node ``i`` and carry it out, its write durable at once."""
+        proc = self.processor(i)
+        rd = proc.take()
+        if rd is None:
             return None
-        rd = core.ready()
-        self.storages[i].save(rd.hard_state, rd.entries, rd.snapshot)
-        self.queue.extend(rd.messages)
-        if rd.snapshot is not None:
-            self.applied[i] = decode_state(rd.snapshot.data)
-            self.applied_index[i] = rd.snapshot.meta.index
-        for e in rd.committed_entries:
-            assert e.index == self.applied_index[i] + 1, (i, e.index, self.applied_index[i])
-            self.applied_index[i] = e.index
-            if e.type is EntryType.NORMAL:
-                self.applied[i].append(e.data)
-        self.read_states[i].extend(rd.read_states)
-        core.advance(rd)
+        if proc.write():
+            self.storages[i].sync()
+        proc.synced()
         return rd
 
     def flush(self) -> None:
@@ -174,6 +186,74 @@ class Network:
 
     def log_terms(self, i: int) -> list[int]:
         return [e.term for e in self.cores[i].log.all_entries()]
+
+
+class _Hooks:
+    """Node ``i``'s state machine (a list of applied data) and outbox."""
+
+    def __init__(self, net: Network, i: int) -> None:
+        self.net = net
+        self.i = i
+
+    def send(self, msg: Message) -> None:
+        self.net.queue.append(msg)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.net.applied[self.i] = decode_state(snapshot.data)
+        self.net.applied_index[self.i] = snapshot.meta.index
+
+    def apply(self, entry: Entry) -> None:
+        net, i = self.net, self.i
+        assert entry.index == net.applied_index[i] + 1, (i, entry.index, net.applied_index[i])
+        net.applied_index[i] = entry.index
+        if entry.type is EntryType.NORMAL:
+            net.applied[i].append(entry.data)
+
+    def read_ready(self, read: ReadState) -> None:
+        self.net.read_states[self.i].append(read)
+
+    def role_changed(self, soft: SoftState) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class Outbox:
+    """Hooks that keep what was sent (a lone core's driver in rule tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.applied: list[Entry] = []
+        self.reads: list[ReadState] = []
+
+    def send(self, msg: Message) -> None:
+        self.sent.append(msg)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        pass
+
+    def apply(self, entry: Entry) -> None:
+        self.applied.append(entry)
+
+    def read_ready(self, read: ReadState) -> None:
+        self.reads.append(read)
+
+    def role_changed(self, soft: SoftState) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def drive(core: RaftCore) -> list[Message]:
+    """Run ``core``'s Readys through the shared driver until it is idle,
+    each write durable at once; the messages sent, in order."""
+    storage = core.log.storage
+    assert isinstance(storage, MemoryStorage)
+    outbox = Outbox()
+    ReadyProcessor(core, storage, outbox).run_until_idle(storage.sync)
+    return outbox.sent
 
 
 def set_log(net: Network, i: int, terms: list[int], term: int | None = None) -> None:

@@ -12,6 +12,7 @@ from raft.core import Config, RaftCore
 from raft.storage import MemoryStorage
 from raft.types import NONE, Entry, HardState, Message, Role
 from raft.types import MessageType as MT
+from tests.raft.core_harness import drive
 
 
 def core(
@@ -30,13 +31,8 @@ def core(
 
 
 def out(c: RaftCore) -> list[Message]:
-    """Run the driver loop once: persist, then hand back the messages."""
-    rd = c.ready()
-    storage = c.log.storage
-    assert isinstance(storage, MemoryStorage)
-    storage.save(rd.hard_state, rd.entries, rd.snapshot)
-    c.advance(rd)
-    return list(rd.messages)
+    """Run the shared driver until idle, writes durable at once; what it sent."""
+    return drive(c)
 
 
 def append(
@@ -176,8 +172,9 @@ def test_append_response_waits_for_persistence() -> None:
     c = core(terms=(1,), term=1)
     c.step(append(2, 1, 1, 1, (2, 1)))
     rd = c.ready()
-    assert [e.index for e in rd.entries] == [2]
-    assert [m.index for m in rd.messages] == [2]
+    assert [e.index for e in rd.entries] == [2] and rd.must_sync
+    assert [m.index for m in rd.messages_after_persist] == [2]
+    assert rd.messages == ()  # nothing of it may leave before the write
 
 
 # -- RequestVote receiver --------------------------------------------------------------
@@ -211,7 +208,8 @@ def test_vote_grant_is_persisted_with_the_response() -> None:
     c.step(vote_req(2, 2, 1, 1))
     rd = c.ready()
     assert rd.hard_state is not None and (rd.hard_state.term, rd.hard_state.vote) == (2, 2)
-    assert [m.type for m in rd.messages] == [MT.VOTE_RESPONSE]
+    assert rd.must_sync and rd.messages == ()
+    assert [m.type for m in rd.messages_after_persist] == [MT.VOTE_RESPONSE]
 
 
 def test_vote_in_lease_is_ignored_unless_transfer() -> None:
@@ -303,15 +301,31 @@ def test_leader_appends_noop_of_its_term() -> None:
     assert (last.index, last.term, last.data) == (3, c.term, b"")
 
 
+def test_candidate_counts_its_own_vote_only_once_durable() -> None:
+    c = core(peers=(1,))
+    c.campaign()
+    assert c.role is Role.CANDIDATE  # a majority of one, but not durable yet
+    rd = c.ready()
+    assert rd.hard_state is not None and rd.hard_state.vote == 1 and rd.must_sync
+    (own,) = rd.messages_after_persist
+    assert (own.type, own.src, own.dst, own.term) == (MT.VOTE_RESPONSE, 1, 1, 1)
+    c.log.storage.save(rd.hard_state, rd.entries)  # type: ignore[attr-defined]
+    c.advance(rd)
+    c.step(own)  # the driver steps it back once written (ReadyProcessor)
+    assert c.role is Role.LEADER
+
+
 def test_leader_counts_own_entries_only_after_persisting() -> None:
     c = core(peers=(1,))
     c.campaign()
+    out(c)
     assert c.role is Role.LEADER
+    noop = c.log.committed  # the leader's no-op, durable and committed
     idx = c.propose(b"x")
-    assert c.log.committed == 0
+    assert c.log.committed == noop
     rd = c.ready()
-    assert [e.index for e in rd.entries] == [1, idx] and rd.committed_entries == ()
-    assert c.log.committed == 0
+    assert [e.index for e in rd.entries] == [idx] and rd.committed_entries == ()
+    assert c.log.committed == noop
     c.log.storage.save(rd.hard_state, rd.entries)  # type: ignore[attr-defined]
     c.advance(rd)
     assert c.log.committed == idx
@@ -398,6 +412,12 @@ def test_has_ready_false_when_idle() -> None:
 def test_soft_state_reported_on_change_only() -> None:
     c = core(peers=(1,))
     c.campaign()
+    rd = c.ready()
+    assert rd.soft_state is not None and rd.soft_state.role is Role.CANDIDATE
+    c.log.storage.save(rd.hard_state, rd.entries)  # type: ignore[attr-defined]
+    c.advance(rd)
+    (own,) = rd.messages_after_persist
+    c.step(own)
     rd = c.ready()
     assert rd.soft_state is not None and rd.soft_state.role is Role.LEADER
     c.log.storage.save(rd.hard_state, rd.entries)  # type: ignore[attr-defined]

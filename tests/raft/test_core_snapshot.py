@@ -106,8 +106,8 @@ def test_stale_snapshot_is_answered_with_commit() -> None:
         Message(MessageType.SNAPSHOT, 1, 3, follower.term, snapshot=meta, data=b"", done=True)
     )
     rd = follower.ready()
-    assert rd.snapshot is None
-    (m,) = rd.messages
+    assert rd.snapshot is None and rd.messages == ()
+    (m,) = rd.messages_after_persist
     assert m.type is MessageType.APPEND_RESPONSE and m.index == follower.log.committed
 
 
@@ -133,7 +133,7 @@ def test_snapshot_matching_our_log_keeps_suffix_but_acks_only_snapshot_index() -
     )
     rd = follower.ready()
     assert rd.snapshot is None  # nothing to install: the log has it
-    (m,) = rd.messages
+    (m,) = rd.messages_after_persist
     assert (m.type, m.index, m.reject) == (MessageType.APPEND_RESPONSE, 3, False)
     assert follower.log.committed == 3 and follower.log.last_index() == 5
 
@@ -148,11 +148,11 @@ def test_newer_snapshot_replaces_log_and_is_handed_to_driver() -> None:
         Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"cd", offset=2, done=True)
     )
     rd = follower.ready()
-    assert rd.snapshot is not None and rd.snapshot.data == b"abcd"
-    assert [(m.type, m.offset, m.index) for m in rd.messages] == [
-        (MessageType.SNAPSHOT_RESPONSE, 2, 0),
-        (MessageType.APPEND_RESPONSE, 0, 10),
-    ]
+    assert rd.snapshot is not None and rd.snapshot.data == b"abcd" and rd.must_sync
+    # A chunk's receipt promises nothing durable; the final answer does.
+    assert [(m.type, m.offset) for m in rd.messages] == [(MessageType.SNAPSHOT_RESPONSE, 2)]
+    assert [(m.type, m.index) for m in rd.messages_after_persist] == [
+        (MessageType.APPEND_RESPONSE, 10)]
     assert rd.hard_state is not None and rd.hard_state.commit == 10
     assert rd.committed_entries == ()
     net.storages[3].save(rd.hard_state, rd.entries, rd.snapshot)
