@@ -25,8 +25,12 @@ tests:
 * The workload proposes unique payloads, issues ReadIndex reads, takes
   application snapshots and compacts the log (so lagging nodes need
   InstallSnapshot), and asks leaders to transfer leadership.
-* Each node's ``Ready`` is processed as the real driver does: persist, send,
-  install snapshot, apply committed entries, release reads, ``advance``.
+* Each node's ``Ready``s go through ``raft.ready_processor.ReadyProcessor``,
+  the driver ``RaftNode`` runs too: messages that may leave at once leave,
+  snapshots and committed entries are applied, and the writes are made
+  durable either at once or a few delivery rounds later (a slow fsync),
+  while the node keeps taking Readys; only then do the acknowledgements
+  leave. A crash loses every write not yet durable.
 
 After the faulty phase the network heals, every node restarts, and the run
 must show liveness: a leader known to all within ``10 * election_tick``
@@ -51,9 +55,19 @@ from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any
 
-from raft.core import Config, NotLeader, ProposalDropped, RaftCore, Ready
+from raft.core import Config, NotLeader, ProposalDropped, RaftCore
+from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
-from raft.types import Entry, Message, MessageType, Role, Snapshot
+from raft.types import (
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    Snapshot,
+    SoftState,
+)
 from tests.sim.checker import Checker, LogView, SafetyViolation
 
 __all__ = [
@@ -67,6 +81,7 @@ __all__ = [
 
 CoreFactory = Callable[[Config, MemoryStorage], RaftCore]
 StorageFactory = Callable[[], MemoryStorage]
+ProcessorFactory = Callable[..., ReadyProcessor]
 
 
 # --------------------------------------------------------------------------
@@ -297,15 +312,62 @@ class SimNode:
     core: RaftCore | None = None
     sm: StateMachine = field(default_factory=StateMachine)
     restart_at: int = 0
-    #: A leader's Ready whose write is still "in flight" (RaftNode fsyncs a
-    #: leader's Ready in a worker thread and meanwhile takes leader_ready()s),
-    #: and the delivery round at which it becomes durable.
-    pending: Ready | None = None
+    #: The node's driver (a new one with every core).
+    proc: ReadyProcessor | None = None
+    #: Its writes are "in flight" (a slow fsync) until this delivery round;
+    #: 0: none. Meanwhile the node keeps taking Readys, as RaftNode does.
     pending_until: int = 0
     role: Role = Role.FOLLOWER
     term: int = 0
     commit: int = 0
     incarnation: int = 0
+
+
+class _Disk:
+    """A node's storage as its driver writes it: the checker sees each write
+    (durable at once: the simulator writes only when it syncs)."""
+
+    def __init__(self, sim: Simulator, n: SimNode) -> None:
+        self.sim = sim
+        self.n = n
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry],
+             snapshot: Snapshot | None = None, *, sync: bool = True) -> bool:
+        self.sim.checker.on_persist(self.n.id, hard_state, tuple(entries))
+        self.n.storage.save(hard_state, entries, snapshot)
+        return False
+
+
+class _Hooks:
+    """What a node's driver does with a Ready's parts, in the simulation."""
+
+    def __init__(self, sim: Simulator, n: SimNode) -> None:
+        self.sim = sim
+        self.n = n
+
+    def send(self, msg: Message) -> None:
+        self.sim._send(msg)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.sim._install(self.n, snapshot)
+
+    def apply(self, entry: Entry) -> None:
+        n, sim = self.n, self.sim
+        n.sm.apply(entry)
+        sim.checker.on_apply(n.id, entry, n.sm.digest)
+        sim.stats["applied"] += 1
+
+    def read_ready(self, read: ReadState) -> None:
+        n, sim = self.n, self.sim
+        assert n.core is not None
+        sim._ev(n.id, "READ-OK", f"ctx={read.context!r} index={read.index}")
+        sim.checker.on_read_release(n.id, read, n.core.term, n.core.role is Role.LEADER)
+
+    def role_changed(self, soft: SoftState) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 @dataclass
@@ -367,6 +429,7 @@ class Simulator:
         *,
         core_factory: CoreFactory | None = None,
         storage_factory: StorageFactory = MemoryStorage,
+        processor_factory: ProcessorFactory | None = None,
         trace_len: int = 80,
         verbose: bool = False,
         replay_hint: str = "",
@@ -375,6 +438,7 @@ class Simulator:
         self.profile = profile
         self.core_factory: CoreFactory = core_factory or RaftCore
         self.storage_factory = storage_factory
+        self.processor_factory: ProcessorFactory = processor_factory or ReadyProcessor
         self.verbose = verbose
         self.replay_hint = replay_hint
         master = Random(seed)
@@ -448,6 +512,8 @@ class Simulator:
             )
         hs, _ = n.storage.initial_state()
         n.core = self.core_factory(self._config(n, applied), n.storage)
+        n.proc = self.processor_factory(n.core, _Disk(self, n), _Hooks(self, n))
+        n.pending_until = 0
         n.role, n.term, n.commit = n.core.role, n.core.term, n.core.log.committed
         self.checker.on_restart(n.id, hs, applied)
         self._drive(n)
@@ -458,7 +524,7 @@ class Simulator:
         if simulate_crash is not None:
             simulate_crash()
         n.core = None
-        n.pending = None  # the write in flight never reached the disk
+        n.proc = None  # with it, every write not yet durable
         n.incarnation += 1
         n.restart_at = self.tick_no + self.fault_rng.randint(*self.profile.downtime)
         self.stats["crashes"] += 1
@@ -516,71 +582,33 @@ class Simulator:
         return term_of
 
     def _drive(self, n: SimNode) -> None:
-        """Drain the node's ``Ready``s: persist, send, apply, advance."""
-        core = n.core
-        assert core is not None
+        """Take the node's Readys through its ``ReadyProcessor``; make the
+        writes durable now or, sometimes, a few rounds later."""
+        core, proc = n.core, n.proc
+        assert core is not None and proc is not None
         self._observe(n)
-        ck = self.checker
-        storage = n.storage
-        if n.pending is not None:
-            # The leader's write is in flight: only partial Readys, and only
-            # while the term and vote on disk are still the current ones.
-            hs = storage.hard_state
-            while (core.term, core.vote) == (hs.term, hs.vote) and core.has_leader_ready():
-                rd = core.leader_ready()
-                self.stats["leader_readys"] += 1
-                for m in rd.messages:
-                    self._send(m)
-                self._apply_ready(n, rd)
-                core.advance(rd)
+        while True:
+            while proc.take() is not None:
+                if n.pending_until:
+                    self.stats["pipelined_readys"] += 1  # taken while a write is in flight
                 self._report_unreachable(core)
                 self._observe(n)
-            return
-        while core.has_ready():
-            rd = core.ready()
-            hs = rd.hard_state
-            durable = storage.hard_state
-            if (
-                core.role is Role.LEADER
-                and rd.entries
-                and (hs is None or (hs.term, hs.vote) == (durable.term, durable.vote))
-                and self.work_rng.random() < 0.5
-            ):
-                # As RaftNode: send first, apply, and persist later.
-                for m in rd.messages:
-                    self._send(m)
-                self._apply_ready(n, rd)
-                n.pending = rd
+            if not proc.has_unwritten or n.pending_until:
+                return  # nothing to write, or the disk is busy: later
+            if self.work_rng.random() < 0.3:
                 n.pending_until = self.now + self.work_rng.randint(1, 2 * self.profile.substeps)
                 self.stats["deferred_writes"] += 1
-                self._report_unreachable(core)
-                self._observe(n)
                 return
-            ck.on_persist(n.id, rd.hard_state, rd.entries)
-            snap = rd.snapshot
-            if snap is not None and snap.empty:
-                snap = None
-            storage.save(rd.hard_state, rd.entries, snap)
-            for m in rd.messages:
-                self._send(m)
-            if snap is not None:
-                self._install(n, snap)
-            self._apply_ready(n, rd)
-            core.advance(rd)
-            self._report_unreachable(core)
-            self._observe(n)
+            self._persist(n)
 
-    def _apply_ready(self, n: SimNode, rd: Ready) -> None:
-        assert n.core is not None
-        sm, ck = n.sm, self.checker
-        for e in rd.committed_entries:
-            sm.apply(e)
-            ck.on_apply(n.id, e, sm.digest)
-        if rd.committed_entries:
-            self.stats["applied"] += len(rd.committed_entries)
-        for rs in rd.read_states:
-            self._ev(n.id, "READ-OK", f"ctx={rs.context!r} index={rs.index}")
-            ck.on_read_release(n.id, rs, n.core.term, n.core.role is Role.LEADER)
+    def _persist(self, n: SimNode) -> None:
+        """Write what the node has taken and make it durable at once."""
+        core, proc = n.core, n.proc
+        assert core is not None and proc is not None
+        proc.write()
+        proc.synced()
+        self._report_unreachable(core)
+        self._observe(n)
 
     def _report_unreachable(self, core: RaftCore) -> None:
         unreachable = self._unreachable
@@ -590,16 +618,13 @@ class Simulator:
             unreachable.clear()
 
     def _complete_writes(self) -> None:
-        """Deferred leader writes whose time has come become durable."""
+        """Deferred writes whose time has come become durable."""
         for n in self.nodes:
-            rd = n.pending
-            if rd is None or n.core is None or n.pending_until > self.now:
+            if n.core is None or not n.pending_until or n.pending_until > self.now:
                 continue
-            n.pending = None
-            self.checker.on_persist(n.id, rd.hard_state, rd.entries)
-            n.storage.save(rd.hard_state, rd.entries, None)
-            self._ev(n.id, "SYNCED", f"{len(rd.entries)} entries")
-            n.core.advance(rd)
+            n.pending_until = 0
+            self._ev(n.id, "SYNCED", "deferred writes")
+            self._persist(n)
             self._drive(n)
 
     def _install(self, n: SimNode, snap: Snapshot) -> None:
@@ -792,10 +817,18 @@ class Simulator:
 
     @staticmethod
     def _log_view(n: SimNode) -> LogView:
-        st = n.storage
-        first, last = st.first_index(), st.last_index()
-        terms = tuple(e.term for e in st.entries(first, last + 1)) if last >= first else ()
-        return LogView(first, st.term(first - 1), terms)
+        """The node's log as its core holds it: the durable part plus the
+        entries whose write is in flight (what it votes, replicates and
+        applies from; a crash takes only the latter back)."""
+        if n.core is None:
+            st = n.storage
+            first, last = st.first_index(), st.last_index()
+            ents = st.entries(first, last + 1) if last >= first else []
+            return LogView(first, st.term(first - 1), tuple(e.term for e in ents))
+        log = n.core.log
+        first, last = log.first_index(), log.last_index()
+        ents = log.slice(first, last + 1) if last >= first else []
+        return LogView(first, log.term(first - 1), tuple(e.term for e in ents))
 
     # -- phases -----------------------------------------------------------------
 
@@ -959,6 +992,7 @@ def run_seed(
     *,
     core_factory: CoreFactory | None = None,
     storage_factory: StorageFactory = MemoryStorage,
+    processor_factory: ProcessorFactory | None = None,
     trace_len: int = 80,
     verbose: bool = False,
     replay_hint: str = "",
@@ -969,6 +1003,7 @@ def run_seed(
         prof,
         core_factory=core_factory,
         storage_factory=storage_factory,
+        processor_factory=processor_factory,
         trace_len=trace_len,
         verbose=verbose,
         replay_hint=replay_hint,
@@ -1015,6 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--trace", type=int, default=80, help="events kept for a failure report")
     ap.add_argument("--core", default=None, help="module:Class of the core (bug injection)")
     ap.add_argument("--storage", default=None, help="module:Class of the storage")
+    ap.add_argument("--processor", default=None,
+                    help="module:Class of the Ready processor (bug injection)")
     args = ap.parse_args(argv)
 
     prof = PROFILES[args.profile]
@@ -1030,6 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.storage:
         kwargs["storage_factory"] = _load(args.storage)
         hint += f" --storage {args.storage}"
+    if args.processor:
+        kwargs["processor_factory"] = _load(args.processor)
+        hint += f" --processor {args.processor}"
     if args.ticks is not None:
         hint += f" --ticks {args.ticks}"
     if args.nodes is not None:

@@ -67,7 +67,7 @@ def test_chaos() -> None:
     print(f"  violations: {dict(violations) or 'none'}")
     keys = ("ticks", "delivered", "dropped", "duplicated", "crashes", "partitions", "elections")
     keys += ("applied", "reads_released", "snapshots_installed", "transfers")
-    keys += ("deferred_writes", "leader_readys")
+    keys += ("deferred_writes", "pipelined_readys")
     print("  events: " + ", ".join(f"{k}={events[k]}" for k in keys))
     for rep in reports:
         print(rep, end="\n\n")

@@ -26,7 +26,7 @@ TICKS = 150
 #: proving the profile exercised what it is named after).
 PLAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "reliable": (80, ("reads_released", "transfers", "applied", "deferred_writes",
-                      "leader_readys")),
+                      "pipelined_readys")),
     "lossy": (80, ("dropped", "duplicated", "reads_released")),
     "partitions": (80, ("partitions", "cuts", "applied")),
     "crashes": (100, ("crashes", "restarts", "applied", "deferred_writes")),
