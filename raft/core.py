@@ -754,9 +754,11 @@ class RaftCore:
             # A leader partitioned away keeps its old term: with check-quorum
             # or pre-vote our term may never reach it through a vote request,
             # so tell it directly, or it would never step down.
-            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, reply_to=m.reply_to))
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term,
+                reply_to=m.reply_to))
         elif m.type is MT.PRE_VOTE:
-            self._send(Message(MT.PRE_VOTE_RESPONSE, self._id, m.src, self._term, reject=True, reply_to=m.reply_to))
+            self._send(Message(MT.PRE_VOTE_RESPONSE, self._id, m.src, self._term, reject=True,
+                reply_to=m.reply_to))
         # Everything else from an old term is ignored.
 
     def _step_follower(self, m: Message) -> None:
@@ -815,12 +817,14 @@ class RaftCore:
         if m.index < self.log.committed:
             # Everything up to our commit matches the leader already.
             self._send(
-                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed,
+                    reply_to=m.reply_to)
             )
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new, reply_to=m.reply_to))
+            self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new,
+                reply_to=m.reply_to))
             return
         hint, hint_term = self._reject_hint(m.index)
         self._send(
@@ -852,7 +856,8 @@ class RaftCore:
         # The leader sends commit = min(our match, its commit): we hold (and
         # have persisted) every entry up to it, and they match the leader's.
         self.log.commit_to(m.commit)
-        self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context, reply_to=m.reply_to))
+        self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context,
+            reply_to=m.reply_to))
 
     def _handle_snapshot(self, m: Message) -> None:
         """One InstallSnapshot chunk (paper Figure 13, dissertation 5.3)."""
@@ -863,7 +868,8 @@ class RaftCore:
             # We already have everything it covers.
             self._snap_recv = None
             self._send(
-                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
+                Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed,
+                    reply_to=m.reply_to)
             )
             return
         recv = self._snap_recv
@@ -877,7 +883,8 @@ class RaftCore:
             want = len(recv.data) if recv is not None and recv.meta == meta else 0
             self._send(
                 Message(
-                    MT.SNAPSHOT_RESPONSE, self._id, m.src, self._term, snapshot=meta, offset=want, reply_to=m.reply_to
+                    MT.SNAPSHOT_RESPONSE, self._id, m.src, self._term, snapshot=meta, offset=want,
+                        reply_to=m.reply_to
                 )
             )
             return
@@ -903,7 +910,8 @@ class RaftCore:
         # (rule 6) may still conflict. The answer depends on the snapshot
         # being persisted: it leaves in the same Ready as Ready.snapshot.
         self._send(
-            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed, reply_to=m.reply_to)
+            Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=self.log.committed,
+                reply_to=m.reply_to)
         )
 
     def _restore(self, snap: Snapshot) -> bool:

@@ -2,42 +2,27 @@
 
 The only asyncio code in ``raft/``. It keeps time (a tick every
 ``tick_interval`` seconds), feeds the core what arrives (peer messages,
-proposals, reads), and drains ``ready()`` in the order the core's contract
-demands:
-
-1. write hard state, entries and snapshot (one ``Storage.save``),
-2. fsync (one per ``Ready``),
-3. send messages (only now may anything that depends on them leave),
-4. apply committed entries to the state machine and wake their proposers,
-5. ``advance()``.
+proposals, reads), and runs the core's Readys through the shared
+``ReadyProcessor``, which keeps the one ordering rule ``raft.core.Ready``
+states: messages that promise nothing leave at once, committed entries are
+applied at once, the writes go to storage in order, and acknowledgements
+and vote grants leave only once the writes are durable.
 
 One task drains; it is woken whenever the core gets input, and everything
-that arrived meanwhile (many proposals, many acknowledgements) goes into
-the next ``Ready`` and is covered by one fsync (group commit). Messages
-that promise nothing about our disk (a leader's appends) are put on the
-wire first, so the followers work while we write. The fsync runs on the
-loop while the disk is fast: a thread handoff per ``Ready`` cost more
-than it saved. After a slow fsync the next ones run in a worker thread,
-for at least ``_SLOW_DISK_HOLD`` seconds and until one is fast again, so
-a slow disk stalls the drain, not the node's RPCs, ticks and heartbeats;
-then committed entries are applied while the disk works (they are on a
-quorum's disks already: etcd applies concurrently with its WAL write
-too), and a leader keeps replicating: ``RaftCore.leader_ready`` hands out
-new appends, and entries that two followers' acknowledgements commit,
-without waiting for the leader's own disk. The core may take
-``step``/``propose`` between ``ready()`` and ``advance()`` (as etcd's
-RawNode allows), never two ``Ready``s at once.
-
-A leader sends its messages *before* its own fsync (Raft dissertation
-10.2.1): AppendEntries promise nothing about the leader's disk, and the core
-counts the leader's own entries toward commit only after ``advance()``, i.e.
-after they are durable. Everyone else sends only after the fsync: a vote or
-an append acknowledgement is a promise about the disk.
+that arrived meanwhile goes into the next write, covered by one fsync
+(group commit). The fsync runs on the loop while the disk is fast: a
+thread handoff per write cost more than it saved. After a slow fsync the
+next ones run in a worker thread, for at least ``_SLOW_DISK_HOLD`` seconds
+and until one is fast again, so a slow disk stalls only the writes, not the
+node's RPCs, ticks and heartbeats. Meanwhile the drain keeps taking Readys
+(their writes wait for the fsync): a leader keeps replicating and everyone
+keeps applying, which is what ``Ready``'s rule allows.
 
 Requests from peers are answered on the same RPC call: ``handle_request``
-steps the message and waits until the drain emits the core's response to that
-peer, which happens only after step 2. A message the core ignores gets an
-empty reply once the ``Ready`` that followed it is processed.
+gives the request an id (``Message.reply_to``), the core copies it into its
+response, and the response, when the processor sends it (after the write it
+promises), settles that call. A request the core ignores is answered with
+nothing at once (``RaftCore.step`` says so).
 """
 
 from __future__ import annotations
@@ -49,13 +34,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any, Protocol
 
-from raft.core import Config, NotLeader, RaftCore, Ready
+from raft.core import Config, NotLeader, RaftCore
+from raft.ready_processor import ReadyProcessor
 from raft.storage import Storage, StorageError
-from raft.types import NONE, Entry, EntryType, Message, MessageType, Role, Snapshot
+from raft.types import NONE, Entry, EntryType, Message, ReadState, Role, Snapshot, SoftState
 from rpc import Promise
 
 __all__ = [
@@ -78,20 +64,6 @@ log = logging.getLogger("raft.node")
 #: heartbeats too, as in etcd, whose Ready loop waits for its WAL fsync).
 _INLINE_SYNC_LIMIT = 0.005
 _SLOW_DISK_HOLD = 10.0
-
-# Which responses answer which request (see module doc). A snapshot transfer
-# ends with an APPEND_RESPONSE once the snapshot is installed.
-_RESPONSES: dict[MessageType, frozenset[MessageType]] = {
-    MessageType.APPEND: frozenset({MessageType.APPEND_RESPONSE}),
-    # A stale leader's heartbeat is answered with an APPEND_RESPONSE carrying
-    # the newer term, so that it steps down (etcd does the same).
-    MessageType.HEARTBEAT: frozenset({MessageType.HEARTBEAT_RESPONSE, MessageType.APPEND_RESPONSE}),
-    MessageType.VOTE: frozenset({MessageType.VOTE_RESPONSE}),
-    MessageType.PRE_VOTE: frozenset({MessageType.PRE_VOTE_RESPONSE}),
-    MessageType.SNAPSHOT: frozenset({MessageType.SNAPSHOT_RESPONSE, MessageType.APPEND_RESPONSE}),
-    MessageType.TIMEOUT_NOW: frozenset(),
-}
-
 
 class StateMachine(Protocol):
     """The application. ``apply`` must be deterministic (see
@@ -179,15 +151,6 @@ class NodeMetrics:
 
 
 @dataclass(slots=True)
-class _Waiter:
-    accepts: frozenset[MessageType]
-    future: Promise[Message | None]
-    #: How many Readys had been taken when the request was stepped: the
-    #: response, if any, is in the next one.
-    readies_before: int
-
-
-@dataclass(slots=True)
 class _Proposal:
     term: int
     future: Promise[tuple[int, Any]]
@@ -241,6 +204,7 @@ class RaftNode:
             ),
             storage,
         )
+        self._proc = ReadyProcessor(self._core, storage, self)
         # Sizes of the persisted entries after the snapshot index: the "raft
         # state" that --max-raft-state bounds.
         self._log_sizes: deque[tuple[int, int]] = deque()
@@ -252,7 +216,9 @@ class RaftNode:
                                      last + 1):
                 self._track_entry(e)
         self._role = Role.FOLLOWER
-        self._waiters: dict[int, deque[_Waiter]] = {}
+        #: Peer requests waiting for the core's response, by reply id.
+        self._replies: dict[int, Promise[Message | None]] = {}
+        self._next_reply = 0
         self._proposals: dict[int, _Proposal] = {}
         self._reads = _Reads()
         self._read_counter = 0
@@ -261,10 +227,8 @@ class RaftNode:
         self._transfers: list[tuple[int, asyncio.Future[int]]] = []
         self._wake: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
-        self._readies_taken = 0
-        self._persisted = storage.initial_state()[0]
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
-        #: The next fsync runs on the loop (see _handle_ready, step 2, and _sync).
+        #: The next fsync runs on the loop (see _drain and _sync).
         self._sync_inline = True
         self._inline_again_at = 0.0  # (time.monotonic)
         #: An fsync is running in the worker thread.
@@ -342,14 +306,14 @@ class RaftNode:
         if self._stopped:
             future.set_result(None)
             return future
-        accepts = _RESPONSES.get(msg.type)
-        if accepts:
-            self._waiters.setdefault(msg.src, deque()).append(
-                _Waiter(accepts, future, self._readies_taken)
-            )
-        else:
+        self._next_reply += 1
+        reply_id = self._next_reply
+        self._replies[reply_id] = future
+        if not self._core.step(replace(msg, reply_to=reply_id)):
+            # Ignored (a stale term, a vote inside the leader lease): no
+            # response will come.
+            del self._replies[reply_id]
             future.set_result(None)
-        self._core.step(msg)
         self._schedule_drain()
         return future
 
@@ -592,14 +556,53 @@ class RaftNode:
             self._wake.clear()
             try:
                 self._start_read_round()
-                while self._core.has_ready() and not self._stopped:
-                    await self._handle_ready(self._core.ready())
+                self._drain()
                 self._maybe_snapshot()
             except Exception as exc:
                 self._fatal(exc)
                 return
-            # Requests the core ignored get an empty reply.
-            self._release_waiters(self._readies_taken + 1)
+
+    def _drain(self) -> None:
+        """Take every Ready, write what was taken, and sync: on the loop
+        while the disk is fast (then go round again: the sync may have
+        released more), else in the worker thread (``_synced``)."""
+        proc = self._proc
+        metrics = self.metrics
+        while not self._stopped:
+            while (rd := proc.take()) is not None:
+                metrics.entries_persisted += len(rd.entries)
+                if self._track_sizes:
+                    if rd.snapshot is not None and not rd.snapshot.empty:
+                        self._forget_sizes_through(rd.snapshot.meta.index)
+                    for entry in rd.entries:
+                        self._track_entry(entry)
+            if self._syncing or not proc.has_unwritten:
+                return
+            if proc.write():
+                metrics.saves += 1
+                if not self._sync_inline:
+                    self._syncing = True
+                    assert self._loop is not None
+                    self._loop.run_in_executor(self._io, self._sync).add_done_callback(
+                        self._synced)
+                    return
+                self._sync()
+            proc.synced()
+
+    def _synced(self, done: asyncio.Future[None]) -> None:
+        """The worker's fsync finished (on the loop): carry on the drain."""
+        self._syncing = False
+        if self._stopped:
+            return
+        exc = None if done.cancelled() else done.exception()
+        try:
+            if exc is not None:
+                raise exc
+            self._proc.synced()
+        except Exception as err:
+            self._fatal(err)
+            return
+        self._schedule_drain()
 
     def _fatal(self, exc: Exception) -> None:
         # Storage failures (full disk, failed fsync) leave the on-disk state
@@ -615,80 +618,6 @@ class RaftNode:
             self._ticker.cancel()
         self._fail_pending(NodeStopped(f"node {self.id} failed: {exc}"))
 
-    def _release_waiters(self, readies_taken: int) -> None:
-        """Answer with nothing the requests stepped before ``readies_taken``
-        Readys were taken that got no response in them."""
-        for peer in list(self._waiters):
-            waiters = self._waiters[peer]
-            while waiters and waiters[0].readies_before < readies_taken:
-                w = waiters.popleft()
-                if not w.future.done():
-                    w.future.set_result(None)
-            if not waiters:
-                del self._waiters[peer]
-
-    async def _handle_ready(self, rd: Ready) -> None:
-        self._readies_taken += 1
-        taken = self._readies_taken
-        hs = rd.hard_state
-        leader = self._core.role is Role.LEADER
-        send_first = leader and (
-            hs is None or (hs.term, hs.vote) == (self._persisted.term, self._persisted.vote)
-        )
-        if send_first:
-            self._send_all(rd.messages)
-        # 1. Write (the fsync comes in step 2).
-        needs_sync = False
-        if hs is not None or rd.entries or rd.snapshot is not None:
-            if self._track_sizes:
-                if rd.snapshot is not None and not rd.snapshot.empty:
-                    self._forget_sizes_through(rd.snapshot.meta.index)
-                for e in rd.entries:
-                    self._track_entry(e)
-            needs_sync = self._storage.save(hs, rd.entries, rd.snapshot, sync=False)
-        if rd.snapshot is not None and not rd.snapshot.empty:
-            self._install_snapshot(rd.snapshot)
-        # 2. Sync: on the loop while the disk is fast. A thread handoff per
-        #    Ready cost more than it saved: the worker has to win the GIL
-        #    and a core from the loop that just woke it, and on a busy
-        #    machine that took longer than a fast fsync (a leader's fsync
-        #    inline cut sequential put p50 by about 0.3 ms). After a slow
-        #    fsync the next ones run in the worker thread (see _sync), so a
-        #    slow disk stalls only the drain, not the node's RPCs, ticks and
-        #    heartbeat answers. Meanwhile committed entries are applied
-        #    (they are on a quorum's disks already; etcd applies concurrently
-        #    with its WAL write too), and a leader keeps replicating.
-        applied = False
-        if needs_sync:
-            if self._sync_inline:
-                self._sync()
-            else:
-                self._apply_ready(rd)
-                applied = True
-                synced = asyncio.get_running_loop().run_in_executor(self._io, self._sync)
-                self._syncing = True
-                try:
-                    if send_first:
-                        await self._lead_while_syncing(synced)
-                    else:
-                        await synced
-                finally:
-                    self._syncing = False
-            self.metrics.saves += 1
-        self.metrics.entries_persisted += len(rd.entries)
-        if hs is not None:
-            self._persisted = hs
-        # 3. Send what promises durability (votes, acknowledgements), before
-        #    applying: the peer waits for them, nobody waits for our apply.
-        if not send_first:
-            self._send_all(rd.messages)
-        # 4. Apply.
-        if not applied:
-            self._apply_ready(rd)
-        # 5. Advance.
-        self._core.advance(rd)
-        self._release_waiters(taken)
-
     def _sync(self) -> None:
         """``Storage.sync``, timed: decides where the next one runs."""
         start = time.monotonic()
@@ -699,79 +628,44 @@ class RaftNode:
             self._inline_again_at = end + _SLOW_DISK_HOLD
         self._sync_inline = fast and end >= self._inline_again_at
 
-    async def _lead_while_syncing(self, synced: asyncio.Future[None]) -> None:
-        """Wait for the leader's fsync; meanwhile keep replicating: send new
-        proposals to the followers, apply what their acknowledgements commit
-        and release reads (``RaftCore.leader_ready``). The fsync only gates
-        the leader's own vote toward commit, not the cluster."""
-        assert self._wake is not None
-        wake = self._wake
-        # If applying fails below, the drain stops (fail-stop) without
-        # awaiting the fsync: retrieve its outcome anyway, so a failed fsync
-        # is not also reported as a "never retrieved" exception.
-        def synced_done(f: asyncio.Future[None]) -> None:
-            wake.set()
-            if not f.cancelled():
-                f.exception()
+    # -- ReadyHooks: what the processor does with a Ready's parts ---------------
 
-        synced.add_done_callback(synced_done)
-        core = self._core
-        persisted = self._persisted
-        while not synced.done():
-            await wake.wait()
-            wake.clear()
-            if synced.done() or self._stopped:
-                break
-            if (core.term, core.vote) != (persisted.term, persisted.vote):
-                continue  # the term moved on: wait for the fsync, then a full Ready
-            self._start_read_round()
-            if not core.has_leader_ready():
-                continue
-            rd = core.leader_ready()
-            self._send_all(rd.messages)
-            self._apply_ready(rd)
-            core.advance(rd)
-        # Whatever woke us (input for the next Ready included) is handled by
-        # the drain loop, which checks has_ready() before it waits again.
-        wake.set()
-        await synced
-
-    def _send_all(self, messages: tuple[Message, ...]) -> None:
-        """Dispatch ``messages`` and put them on the wire now."""
-        if not messages:
+    def send(self, msg: Message) -> None:
+        if msg.reply_to:
+            future = self._replies.pop(msg.reply_to, None)
+            if future is not None and not future.done():
+                future.set_result(msg)  # answers the peer's call right here
+            else:
+                # The call ended (its deadline, a lost connection): Raft
+                # tolerates the lost answer, the peer will ask again.
+                self._log.debug("node %d: answer to %d dropped, its call ended: %s",
+                                self.id, msg.dst, msg.type.name)
             return
-        for msg in messages:
-            self._dispatch(msg)
+        assert self._transport is not None
+        self._transport.send(msg)
+        self.metrics.messages_sent += 1
+
+    def flush(self) -> None:
         assert self._transport is not None
         self._transport.flush()
 
-    def _dispatch(self, msg: Message) -> None:
-        waiters = self._waiters.get(msg.dst)
-        if waiters:
-            for w in waiters:
-                if msg.type in w.accepts and not w.future.done():
-                    waiters.remove(w)
-                    w.future.set_result(msg)  # answers the call right here
-                    return
-        if msg.type in _RESPONSES:
-            assert self._transport is not None
-            self._transport.send(msg)
-            self.metrics.messages_sent += 1
-        # A response whose request's call already ended is dropped: Raft
-        # tolerates lost messages, and the peer will retry.
+    def restore(self, snapshot: Snapshot) -> None:
+        self._install_snapshot(snapshot)
 
-    def _apply_ready(self, rd: Ready) -> None:
-        """Apply ``rd``'s committed entries, release its reads, then act on
-        a role change (a leader stepping down fails what it had pending)."""
-        for entry in rd.committed_entries:
-            self._apply(entry)
-        for rs in rd.read_states:
-            for future in self._reads.by_context.pop(rs.context, ()):
-                if not future.done():
-                    self._reads.waiting_apply.append((rs.index, future))
+    def apply(self, entry: Entry) -> None:
+        self._apply(entry)
+        waiting = self._reads.waiting_apply
+        if waiting and waiting[0][0] <= self._applied:
+            self._release_reads()
+
+    def read_ready(self, read: ReadState) -> None:
+        for future in self._reads.by_context.pop(read.context, ()):
+            if not future.done():
+                self._reads.waiting_apply.append((read.index, future))
         self._release_reads()
-        if rd.soft_state is not None:
-            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+
+    def role_changed(self, soft: SoftState) -> None:
+        self._on_soft_state(soft.role, soft.leader)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self._fsm.restore(snapshot.data)
@@ -847,7 +741,10 @@ class RaftNode:
         waiting, self._reads.waiting_apply = self._reads.waiting_apply, deque()
         for _, future in waiting:
             _fail(future, exc)
-        self._release_waiters(self._readies_taken + 1)  # every request: empty reply
+        replies, self._replies = self._replies, {}
+        for answer in replies.values():  # every peer request: an empty answer
+            if not answer.done():
+                answer.set_result(None)
 
     # -- snapshots ---------------------------------------------------------------
 

@@ -160,11 +160,11 @@ class SendCheckingNode(RaftNode):
 
     sent_when: list[tuple[Message, int, int]]
 
-    def _dispatch(self, msg: Message) -> None:
+    def send(self, msg: Message) -> None:
         storage = self._storage
         assert isinstance(storage, DeferredSyncStorage)
         self.sent_when.append((msg, storage.durable_last, storage.durable_vote))
-        super()._dispatch(msg)
+        super().send(msg)
 
 
 def test_follower_answers_only_what_is_durable() -> None:
