@@ -14,8 +14,35 @@ import time
 from random import Random
 
 from raft.core import Config, RaftCore
+from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
-from raft.types import Message, Role
+from raft.types import Entry, Message, ReadState, Role, Snapshot, SoftState
+
+
+class _Hooks:
+    """Node ``i``'s outbox and applied index, for the shared driver."""
+
+    def __init__(self, cluster: Cluster, i: int) -> None:
+        self.cluster = cluster
+        self.i = i
+
+    def send(self, msg: Message) -> None:
+        self.cluster.queue.append(msg)
+
+    def apply(self, entry: Entry) -> None:
+        self.cluster.applied[self.i] = entry.index
+
+    def restore(self, snapshot: Snapshot) -> None:
+        pass
+
+    def read_ready(self, read: ReadState) -> None:
+        pass
+
+    def role_changed(self, soft: SoftState) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class Cluster:
@@ -28,22 +55,19 @@ class Cluster:
         }
         self.applied = dict.fromkeys(ids, 0)
         self.messages = 0
+        self.queue: list[Message] = []
+        # The driver RaftNode and the simulator use too.
+        self.procs = {i: ReadyProcessor(self.cores[i], self.storages[i], _Hooks(self, i))
+                      for i in ids}
 
     def stabilize(self) -> None:
-        queue: list[Message] = []
         while True:
-            for i, core in self.cores.items():
-                while core.has_ready():
-                    rd = core.ready()
-                    self.storages[i].save(rd.hard_state, rd.entries, rd.snapshot)
-                    queue.extend(rd.messages)
-                    if rd.committed_entries:
-                        self.applied[i] = rd.committed_entries[-1].index
-                    core.advance(rd)
-            if not queue:
+            for i, proc in self.procs.items():
+                proc.run_until_idle(self.storages[i].sync)
+            if not self.queue:
                 return
-            self.messages += len(queue)
-            batch, queue = queue, []
+            self.messages += len(self.queue)
+            batch, self.queue = self.queue, []
             for m in batch:
                 self.cores[m.dst].step(m)
 

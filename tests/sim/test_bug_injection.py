@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from raft.core import NotLeader, RaftCore
+from raft.core import NotLeader, RaftCore, Ready
 from raft.quorum import committed_index
+from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
 from raft.types import NONE, Entry, HardState, Message, MessageType, ReadState, Role, Snapshot
 from tests.sim.simulator import (
@@ -230,3 +231,45 @@ def test_simulator_catches_injected_bug(bug: Bug) -> None:
     # Deterministic: the seed replays to exactly the same violation.
     again = bug.run(found.seed)
     assert (again.invariant, again.detail) == (found.invariant, found.detail)
+
+
+# --------------------------------------------------------------------------
+# A broken driver: the shared ReadyProcessor with its ordering rule bent
+# --------------------------------------------------------------------------
+
+
+class AckBeforeWriteProcessor(ReadyProcessor):
+    """Sends ``messages_after_persist`` (append acknowledgements, vote
+    grants) as soon as a Ready is taken, before its write is durable: the
+    classic "ack before fsync" of a driver that got Raft's I/O order wrong.
+    The simulator runs every node through the processor it is given, so
+    this is the very code path RaftNode uses, with one rule broken."""
+
+    def take(self) -> Ready | None:
+        rd = super().take()
+        if rd is not None:
+            for msg in rd.messages_after_persist:
+                if msg.dst != self.core.id:
+                    self._hooks.send(msg)
+            rd = replace(rd, messages_after_persist=tuple(
+                m for m in rd.messages_after_persist if m.dst == self.core.id))
+            self._unwritten[-1] = rd
+        return rd
+
+
+def test_simulator_catches_an_ordering_bug_in_the_shared_driver() -> None:
+    profile = replace(PROFILES["figure8"], ticks=300, crash_rate=0.15)
+    hint = f" --processor {__name__}:AckBeforeWriteProcessor"
+    found: SimResult | None = None
+    for seed in range(300):
+        r = run_seed(seed, profile, processor_factory=AckBeforeWriteProcessor,
+                     replay_hint=hint)
+        if not r.ok:
+            found = r
+            break
+    assert found is not None, "acknowledging before the write went unnoticed in 300 seeds"
+    assert found.invariant in _SAFETY | {"vote-safety"}, found.report
+    again = run_seed(found.seed, profile, processor_factory=AckBeforeWriteProcessor)
+    assert (again.invariant, again.detail) == (found.invariant, found.detail)
+    # The same seed with the real processor is clean.
+    assert run_seed(found.seed, profile).ok
