@@ -770,12 +770,15 @@ class RaftNode:
 
     def snapshot_now(self) -> None:
         """Snapshot the state machine at the applied index and compact the
-        log. Skipped while an fsync runs in the worker thread, and while
-        applied entries are not on the local disk yet (a leader applies what
-        its followers' acks commit before its own write)."""
+        log. Skipped while any write is in flight (taken, not yet durable):
+        the state machine may then be ahead of the disk, or built from a
+        snapshot or entries the disk does not hold yet (Ready rule 4 applies
+        before the write); and while an fsync runs in the worker, storage is
+        the worker's."""
         index = self._applied
-        if self._syncing or index <= self._snapshot_index or index > self._storage.last_index():
-            return  # (while an fsync runs in the worker, storage is the worker's)
+        if (self._syncing or self._proc.in_flight or index <= self._snapshot_index
+                or index > self._storage.last_index()):
+            return
         data = self._fsm.snapshot()
         self._storage.create_snapshot(index, data, self.config.peers)
         self._snapshot_index = index

@@ -775,8 +775,13 @@ class Simulator:
     def _app_snapshot(self, n: SimNode, rng: Random) -> None:
         st = n.storage
         idx = n.sm.index
+        if n.proc is not None and n.proc.in_flight:
+            # Writes in flight: the state machine may be ahead of the disk,
+            # or built from entries (a snapshot) the disk does not hold yet.
+            # RaftNode.snapshot_now waits the same way.
+            return
         if idx > st.last_index():
-            return  # applied ahead of the local disk (a leader's write in flight)
+            return
         if idx - st.snapshot().meta.index < self.profile.snapshot_min_gap:
             return
         st.create_snapshot(idx, n.sm.snapshot(self.profile.snapshot_pad), self.peers)
