@@ -6,9 +6,11 @@ Two roles, as in etcd-io/raft's ``storage.go``:
   part of the log, the hard state and the latest snapshot. The core never
   writes to it.
 * ``Storage`` adds what the driver *writes* after each ``Ready``: ``save``
-  persists hard state, entries and an incoming snapshot in one durable step
-  (group commit: one fsync in the file implementation), ``create_snapshot``
-  records an application snapshot, ``compact`` drops the log before it.
+  writes hard state, entries and an incoming snapshot, ``sync`` makes every
+  write so far durable (the driver, ``raft.ready_processor``, writes all the
+  Readys it has taken and syncs once when ``Ready.must_sync`` asks: group
+  commit), ``create_snapshot`` records an application snapshot, ``compact``
+  drops the log before it.
 
 ``MemoryStorage`` is the in-memory twin of the file storage (``raft/wal.py``)
 and serves the simulator, where "crash" means forgetting everything the core
@@ -100,10 +102,12 @@ class Storage(LogStorage, Protocol):
         all of it survives a crash (a change of ``hard_state.commit`` alone
         may not: the commit index can be relearned from the leader).
 
-        With ``sync=False`` the data is written and visible to reads but may
-        not be durable yet; the result says whether ``sync()`` is needed
-        before anything that depends on it (a message, an acknowledgement)
-        may leave. This lets a driver fsync off its event loop."""
+        With ``sync=False`` (what ``ReadyProcessor`` does) the data is
+        written and visible to reads but may not be durable until
+        ``sync()``; whether a sync is due before anything that depends on
+        the write may leave is the core's call (``Ready.must_sync``), which
+        lets a driver fsync off its event loop. The result says whether
+        this implementation has anything unsynced."""
         ...
 
     def sync(self) -> None:
