@@ -36,9 +36,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from random import Random
-from typing import Any, Protocol
+from typing import Any
 
 from raft.core import Config, NotLeader, RaftCore
+from raft.node_transfer import TransferWaiters, best_transfer_target
+from raft.node_types import (
+    LeadershipLost,
+    NodeConfig,
+    NodeMetrics,
+    NodeStatus,
+    NodeStopped,
+    StateMachine,
+    Transport,
+)
 from raft.ready_processor import ReadyProcessor
 from raft.storage import Storage, StorageError
 from raft.types import NONE, Entry, EntryType, Message, ReadState, Role, Snapshot, SoftState
@@ -64,91 +74,6 @@ log = logging.getLogger("raft.node")
 #: heartbeats too, as in etcd, whose Ready loop waits for its WAL fsync).
 _INLINE_SYNC_LIMIT = 0.005
 _SLOW_DISK_HOLD = 10.0
-
-class StateMachine(Protocol):
-    """The application. ``apply`` must be deterministic (see
-    kvserver/state_machine.py for the full contract)."""
-
-    def apply(self, index: int, data: bytes) -> Any: ...
-
-    def snapshot(self) -> bytes: ...
-
-    def restore(self, data: bytes) -> None: ...
-
-
-class Transport(Protocol):
-    """Sends request messages to peers; replies come back via ``RaftNode.step``."""
-
-    def send(self, msg: Message) -> None: ...
-
-    def flush(self) -> None:
-        """Put what ``send`` buffered on the wire now (the node calls this
-        before its fsync, so peers start their part meanwhile)."""
-
-    async def close(self) -> None: ...
-
-
-class NodeStopped(Exception):
-    """The node shut down before the operation finished."""
-
-
-class LeadershipLost(Exception):
-    """This node stopped being leader while the proposal was in flight: it
-    may or may not commit. Retry with the same request id (at-most-once)."""
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    id: int
-    peers: frozenset[int]
-    #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms (1 tick),
-    #: election timeout randomized in 300-475 ms (12 + 0..7 ticks).
-    tick_interval: float = 0.025
-    heartbeat_tick: int = 1
-    election_tick: int = 12
-    election_jitter: int | None = 8
-    pre_vote: bool = True
-    check_quorum: bool = True
-    #: See raft.core.Config.broadcast_commit: off, followers learn the commit
-    #: index with the next append or heartbeat (<= 25 ms later), which halves
-    #: the messages of sequential writes.
-    broadcast_commit: bool = False
-    #: Take a snapshot once the log holds more than this many bytes of
-    #: entries since the last one (the seed's maxraftstate); None: never.
-    max_raft_state: int | None = None
-    #: Entries kept behind a snapshot so a slightly lagging follower can catch
-    #: up from the log instead of needing the whole snapshot.
-    snapshot_catchup_entries: int = 1000
-    max_size_per_msg: int = 1 << 20
-    max_inflight_msgs: int = 256
-    seed: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    id: int
-    role: Role
-    term: int
-    leader: int
-    commit: int
-    applied: int
-    last_index: int
-    first_index: int
-    snapshot_index: int
-
-
-@dataclass(slots=True)
-class NodeMetrics:
-    """Counters since start (for status pages and benchmarks)."""
-
-    #: Storage.save calls: each is one fsync (group commit).
-    saves: int = 0
-    entries_persisted: int = 0
-    messages_sent: int = 0
-    entries_applied: int = 0
-    snapshots_taken: int = 0
-    snapshots_installed: int = 0
-
 
 @dataclass(slots=True)
 class _Proposal:
@@ -224,7 +149,7 @@ class RaftNode:
         self._read_counter = 0
         #: Callers of transfer_leadership waiting for another node to lead:
         #: (target, future of the new leader's id).
-        self._transfers: list[tuple[int, asyncio.Future[int]]] = []
+        self._transfers = TransferWaiters()
         self._wake: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{config.id}-fsync")
@@ -400,16 +325,8 @@ class RaftNode:
             * cfg.tick_interval
 
     def best_transfer_target(self) -> int:
-        """The follower to hand leadership to: the most up-to-date voter
-        (highest match index) among those heard from recently, so its
-        TIMEOUT_NOW is sent at once and its election cannot be refused for
-        an old log. ``NONE`` if there is no other voter. Leader only."""
-        st = self._core.status()
-        candidates = [(pr.recent_active, pr.match, -p) for p, pr in st.progress.items()
-                      if p != self.id]
-        if not candidates:
-            return NONE
-        return -max(candidates)[2]
+        """See ``raft.node_transfer.best_transfer_target``."""
+        return best_transfer_target(self._core)
 
     async def transfer_leadership(self, to: int | None = None,
                                   timeout: float | None = None) -> int:
@@ -434,7 +351,7 @@ class RaftNode:
         if to not in core.peers:
             raise ValueError(f"node {to} is not a voter")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._transfers.append((to, future))
+        self._transfers.add(to, future)
         self._log.info("node %d transferring leadership to node %d (term %d, its match %d "
                        "of %d)", self.id, to, core.term, core.progress[to].match,
                        core.log.last_index())
@@ -448,45 +365,14 @@ class RaftNode:
             raise TimeoutError(f"leadership transfer to node {to} did not finish "
                                f"within {timeout:g} s") from None
         finally:
-            self._transfers = [t for t in self._transfers if t[1] is not future]
-
-    def _settle_transfers(self) -> None:
-        """Settle the transfer waiters after a tick or a role change: done
-        once another node leads, failed once the core gave the transfer up
-        (it keeps leading with no transferee: the election timeout passed)."""
-        if not self._transfers:
-            return
-        core = self._core
-        if core.role is Role.LEADER:
-            if core.lead_transferee != NONE:
-                return
-            error: Exception = TimeoutError("leadership transfer aborted after an "
-                                            "election timeout")
-            for _, future in self._transfers:
-                _fail_future(future, error)
-            self._transfers = []
-        elif core.leader not in (NONE, self.id):
-            # Stepping down (the target's vote request) comes first, with no
-            # leader known; done when the new leader's first append arrives.
-            for _, future in self._transfers:
-                if not future.done():
-                    future.set_result(core.leader)
-            self._transfers = []
+            self._transfers.discard(future)
 
     def report_unreachable(self, peer: int) -> None:
         """The transport could not reach ``peer``: stop streaming to it."""
         if self._stopped:
             return
         self._core.report_unreachable(peer)
-        if any(to == peer for to, _ in self._transfers):
-            # Its TIMEOUT_NOW (or the append before it) may be lost and the
-            # core does not resend it: waiting out the election timeout
-            # would only delay a caller who can pick another target.
-            error = TimeoutError(f"leadership transfer target {peer} is unreachable")
-            for to, future in self._transfers:
-                if to == peer:
-                    _fail_future(future, error)
-            self._transfers = [t for t in self._transfers if t[0] != peer]
+        self._transfers.unreachable(peer)
         self._schedule_drain()
 
     def campaign(self) -> None:
@@ -534,7 +420,7 @@ class RaftNode:
         if self._stopped:
             return
         self._core.tick()
-        self._settle_transfers()
+        self._transfers.settle(self._core)
         self._schedule_drain()
         assert self._loop is not None
         # Keep a steady cadence; if the loop fell behind, skip ahead rather
@@ -703,7 +589,7 @@ class RaftNode:
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         old, self._role = self._role, role
-        self._settle_transfers()
+        self._transfers.settle(self._core)
         if old is Role.LEADER and role is not Role.LEADER:
             self._log.info("node %d stepped down (term %d, leader now %d)",
                            self.id, self._core.term, leader)
@@ -733,9 +619,7 @@ class RaftNode:
 
     def _fail_pending(self, exc: Exception) -> None:
         self._fail_proposals(exc)
-        transfers, self._transfers = self._transfers, []
-        for _, transfer in transfers:
-            _fail_future(transfer, exc)
+        self._transfers.fail_all(exc)
         for future in self._unconfirmed_reads():
             _fail(future, exc)
         waiting, self._reads.waiting_apply = self._reads.waiting_apply, deque()
@@ -797,8 +681,3 @@ def _fail(promise: Promise[Any], exc: BaseException) -> None:
     promise may have settled it meanwhile."""
     if not promise.done():
         promise.set_exception(exc)
-
-
-def _fail_future(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)

@@ -1,0 +1,106 @@
+"""The node's interfaces and value types: what ``RaftNode`` is given (a
+state machine, a transport, a ``NodeConfig``) and what it reports (status,
+metrics, the exceptions its futures fail with). Re-exported by
+``raft.node``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from raft.types import Message, Role
+
+__all__ = [
+    "LeadershipLost",
+    "NodeConfig",
+    "NodeMetrics",
+    "NodeStatus",
+    "NodeStopped",
+    "StateMachine",
+    "Transport",
+]
+
+
+class StateMachine(Protocol):
+    """The application. ``apply`` must be deterministic (see
+    kvserver/state_machine.py for the full contract)."""
+
+    def apply(self, index: int, data: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends request messages to peers; replies come back via ``RaftNode.step``."""
+
+    def send(self, msg: Message) -> None: ...
+
+    def flush(self) -> None:
+        """Put what ``send`` buffered on the wire now (the node calls this
+        before its fsync, so peers start their part meanwhile)."""
+
+    async def close(self) -> None: ...
+
+
+class NodeStopped(Exception):
+    """The node shut down before the operation finished."""
+
+
+class LeadershipLost(Exception):
+    """This node stopped being leader while the proposal was in flight: it
+    may or may not commit. Retry with the same request id (at-most-once)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: int
+    peers: frozenset[int]
+    #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms (1 tick),
+    #: election timeout randomized in 300-475 ms (12 + 0..7 ticks).
+    tick_interval: float = 0.025
+    heartbeat_tick: int = 1
+    election_tick: int = 12
+    election_jitter: int | None = 8
+    pre_vote: bool = True
+    check_quorum: bool = True
+    #: See raft.core.Config.broadcast_commit: off, followers learn the commit
+    #: index with the next append or heartbeat (<= 25 ms later), which halves
+    #: the messages of sequential writes.
+    broadcast_commit: bool = False
+    #: Take a snapshot once the log holds more than this many bytes of
+    #: entries since the last one (the seed's maxraftstate); None: never.
+    max_raft_state: int | None = None
+    #: Entries kept behind a snapshot so a slightly lagging follower can catch
+    #: up from the log instead of needing the whole snapshot.
+    snapshot_catchup_entries: int = 1000
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    id: int
+    role: Role
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    first_index: int
+    snapshot_index: int
+
+
+@dataclass(slots=True)
+class NodeMetrics:
+    """Counters since start (for status pages and benchmarks)."""
+
+    #: Storage.save calls: each is one fsync (group commit).
+    saves: int = 0
+    entries_persisted: int = 0
+    messages_sent: int = 0
+    entries_applied: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
