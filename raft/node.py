@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from random import Random
 from typing import Any
 
@@ -49,6 +48,7 @@ from raft.node_types import (
     StateMachine,
     Transport,
 )
+from raft.node_waiters import PeerReplies, Proposals, Reads
 from raft.ready_processor import ReadyProcessor
 from raft.storage import Storage, StorageError
 from raft.types import NONE, Entry, EntryType, Message, ReadState, Role, Snapshot, SoftState
@@ -74,22 +74,6 @@ log = logging.getLogger("raft.node")
 #: heartbeats too, as in etcd, whose Ready loop waits for its WAL fsync).
 _INLINE_SYNC_LIMIT = 0.005
 _SLOW_DISK_HOLD = 10.0
-
-@dataclass(slots=True)
-class _Proposal:
-    term: int
-    future: Promise[tuple[int, Any]]
-
-
-@dataclass(slots=True)
-class _Reads:
-    # context -> future waiting for its ReadState
-    by_context: dict[bytes, list[Promise[int]]] = field(default_factory=dict)
-    # reads not yet handed to the core: they will share one quorum round
-    batch: list[Promise[int]] = field(default_factory=list)
-    # (read index, future) released once applied >= read index
-    waiting_apply: deque[tuple[int, Promise[int]]] = field(default_factory=deque)
-
 
 class RaftNode:
     def __init__(
@@ -142,11 +126,9 @@ class RaftNode:
                 self._track_entry(e)
         self._role = Role.FOLLOWER
         #: Peer requests waiting for the core's response, by reply id.
-        self._replies: dict[int, Promise[Message | None]] = {}
-        self._next_reply = 0
-        self._proposals: dict[int, _Proposal] = {}
-        self._reads = _Reads()
-        self._read_counter = 0
+        self._replies = PeerReplies()
+        self._proposals = Proposals()
+        self._reads = Reads()
         #: Callers of transfer_leadership waiting for another node to lead:
         #: (target, future of the new leader's id).
         self._transfers = TransferWaiters()
@@ -231,14 +213,11 @@ class RaftNode:
         if self._stopped:
             future.set_result(None)
             return future
-        self._next_reply += 1
-        reply_id = self._next_reply
-        self._replies[reply_id] = future
+        reply_id, future = self._replies.add()
         if not self._core.step(replace(msg, reply_to=reply_id)):
             # Ignored (a stale term, a vote inside the leader lease): no
             # response will come.
-            del self._replies[reply_id]
-            future.set_result(None)
+            self._replies.unanswered(reply_id)
         self._schedule_drain()
         return future
 
@@ -267,13 +246,8 @@ class RaftNode:
         core = self._core
         propose = core.propose
         term = core.term
-        proposals = self._proposals
-        futures: list[Promise[tuple[int, Any]]] = []
-        for data in datas:
-            index = propose(data)
-            future: Promise[tuple[int, Any]] = Promise()
-            proposals[index] = _Proposal(term, future)
-            futures.append(future)
+        add = self._proposals.add
+        futures = [add(propose(data), term) for data in datas]
         self._schedule_drain()
         return futures
 
@@ -289,28 +263,9 @@ class RaftNode:
         self._check_running()
         if self._core.role is not Role.LEADER:
             raise NotLeader(self._core.leader)
-        # Reads arriving together share one heartbeat round (etcd batches
-        # them the same way): the round confirms leadership as of its start,
-        # which is after every one of these reads began.
-        future: Promise[int] = Promise()
-        self._reads.batch.append(future)
+        future = self._reads.add()  # batched: one quorum round for many
         self._schedule_drain()
         return future
-
-    def _start_read_round(self) -> None:
-        batch = [f for f in self._reads.batch if not f.done()]
-        self._reads.batch = []
-        if not batch:
-            return
-        self._read_counter += 1
-        context = struct.pack(">Q", self._read_counter)
-        try:
-            self._core.read_index(context)
-        except NotLeader as exc:
-            for f in batch:
-                _fail(f, NotLeader(exc.leader))
-            return
-        self._reads.by_context[context] = batch
 
     def transfer_leader(self, to: int) -> None:
         self._check_running()
@@ -441,7 +396,7 @@ class RaftNode:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self._start_read_round()
+                self._reads.start_round(self._core)
                 self._drain()
                 self._maybe_snapshot()
             except Exception as exc:
@@ -518,10 +473,7 @@ class RaftNode:
 
     def send(self, msg: Message) -> None:
         if msg.reply_to:
-            future = self._replies.pop(msg.reply_to, None)
-            if future is not None and not future.done():
-                future.set_result(msg)  # answers the peer's call right here
-            else:
+            if not self._replies.answer(msg):  # (answers the peer's call right here)
                 # The call ended (its deadline, a lost connection): Raft
                 # tolerates the lost answer, the peer will ask again.
                 self._log.debug("node %d: answer to %d dropped, its call ended: %s",
@@ -540,15 +492,10 @@ class RaftNode:
 
     def apply(self, entry: Entry) -> None:
         self._apply(entry)
-        waiting = self._reads.waiting_apply
-        if waiting and waiting[0][0] <= self._applied:
-            self._release_reads()
+        self._reads.release(self._applied)
 
     def read_ready(self, read: ReadState) -> None:
-        for future in self._reads.by_context.pop(read.context, ()):
-            if not future.done():
-                self._reads.waiting_apply.append((read.index, future))
-        self._release_reads()
+        self._reads.confirmed(read, self._applied)
 
     def role_changed(self, soft: SoftState) -> None:
         self._on_soft_state(soft.role, soft.leader)
@@ -558,10 +505,7 @@ class RaftNode:
         self._applied = snapshot.meta.index
         self._snapshot_index = snapshot.meta.index
         self.metrics.snapshots_installed += 1
-        for index in [i for i in self._proposals if i <= snapshot.meta.index]:
-            # Overtaken by a snapshot: we cannot tell what was at that index.
-            _fail(self._proposals.pop(index).future,
-                  LeadershipLost(f"entry {index} was replaced by a snapshot"))
+        self._proposals.overtaken(snapshot.meta.index)
         self._log.info("node %d installed snapshot at index %d term %d",
                        self.id, snapshot.meta.index, snapshot.meta.term)
 
@@ -571,21 +515,7 @@ class RaftNode:
             result = self._fsm.apply(entry.index, entry.data)
         self._applied = entry.index
         self.metrics.entries_applied += 1
-        proposal = self._proposals.pop(entry.index, None)
-        if proposal is not None and not proposal.future.done():
-            if proposal.term == entry.term:
-                proposal.future.set_result((entry.index, result))
-            else:
-                proposal.future.set_exception(
-                    LeadershipLost(f"entry {entry.index} was overwritten by term {entry.term}")
-                )
-
-    def _release_reads(self) -> None:
-        waiting = self._reads.waiting_apply
-        while waiting and waiting[0][0] <= self._applied:
-            index, future = waiting.popleft()
-            if not future.done():
-                future.set_result(index)
+        self._proposals.applied(entry, result)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         old, self._role = self._role, role
@@ -597,38 +527,16 @@ class RaftNode:
         elif role is Role.LEADER and old is not Role.LEADER:
             self._log.info("node %d became leader in term %d", self.id, self._core.term)
 
-    def _fail_proposals(self, exc: Exception) -> None:
-        proposals, self._proposals = self._proposals, {}
-        for proposal in proposals.values():
-            _fail(proposal.future, exc)
-
     def _fail_leader_work(self, leader: int) -> None:
-        self._fail_proposals(LeadershipLost(f"node {self.id} lost leadership; outcome unknown"))
-        for future in self._unconfirmed_reads():
-            _fail(future, NotLeader(leader))
-        # Reads already confirmed by a quorum stay valid: their index was
-        # current when confirmed, and serving them after applying is safe.
-
-    def _unconfirmed_reads(self) -> list[Promise[int]]:
-        """Take every read whose quorum round has not completed."""
-        futures = [f for batch in self._reads.by_context.values() for f in batch]
-        futures += self._reads.batch
-        self._reads.by_context.clear()
-        self._reads.batch = []
-        return [f for f in futures if not f.done()]
+        self._proposals.fail_all(
+            LeadershipLost(f"node {self.id} lost leadership; outcome unknown"))
+        self._reads.fail_unconfirmed(NotLeader(leader))
 
     def _fail_pending(self, exc: Exception) -> None:
-        self._fail_proposals(exc)
+        self._proposals.fail_all(exc)
         self._transfers.fail_all(exc)
-        for future in self._unconfirmed_reads():
-            _fail(future, exc)
-        waiting, self._reads.waiting_apply = self._reads.waiting_apply, deque()
-        for _, future in waiting:
-            _fail(future, exc)
-        replies, self._replies = self._replies, {}
-        for answer in replies.values():  # every peer request: an empty answer
-            if not answer.done():
-                answer.set_result(None)
+        self._reads.fail_all(exc)
+        self._replies.release_all()
 
     # -- snapshots ---------------------------------------------------------------
 
@@ -673,11 +581,3 @@ class RaftNode:
             self._storage.compact(compact_to)
         self._log.info("node %d snapshot at index %d (%d bytes), log from %d",
                        self.id, index, len(data), self._storage.first_index())
-
-
-def _fail(promise: Promise[Any], exc: BaseException) -> None:
-    """Fail ``promise`` unless it is settled already: a caller may have
-    given up on it (a timeout), and a synchronous callback of another
-    promise may have settled it meanwhile."""
-    if not promise.done():
-        promise.set_exception(exc)
