@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -49,6 +48,7 @@ from raft.node_types import (
     Transport,
 )
 from raft.node_waiters import PeerReplies, Proposals, Reads
+from raft.raft_state_size import RaftStateSize
 from raft.ready_processor import ReadyProcessor
 from raft.storage import Storage, StorageError
 from raft.types import NONE, Entry, EntryType, Message, ReadState, Role, Snapshot, SoftState
@@ -114,16 +114,13 @@ class RaftNode:
             storage,
         )
         self._proc = ReadyProcessor(self._core, storage, self)
-        # Sizes of the persisted entries after the snapshot index: the "raft
-        # state" that --max-raft-state bounds.
-        self._log_sizes: deque[tuple[int, int]] = deque()
-        self._log_bytes = 0
-        self._track_sizes = config.max_raft_state is not None
-        last = storage.last_index()
-        if self._track_sizes and last > self._snapshot_index:
-            for e in storage.entries(max(storage.first_index(), self._snapshot_index + 1),
-                                     last + 1):
-                self._track_entry(e)
+        # What --max-raft-state bounds (None: not tracked).
+        self._state_size: RaftStateSize | None = None
+        if config.max_raft_state is not None:
+            last = storage.last_index()
+            first = max(storage.first_index(), self._snapshot_index + 1)
+            self._state_size = RaftStateSize(
+                storage.entries(first, last + 1) if last >= first else ())
         self._role = Role.FOLLOWER
         #: Peer requests waiting for the core's response, by reply id.
         self._replies = PeerReplies()
@@ -412,11 +409,12 @@ class RaftNode:
         while not self._stopped:
             while (rd := proc.take()) is not None:
                 metrics.entries_persisted += len(rd.entries)
-                if self._track_sizes:
+                size = self._state_size
+                if size is not None:
                     if rd.snapshot is not None and not rd.snapshot.empty:
-                        self._forget_sizes_through(rd.snapshot.meta.index)
+                        size.snapshotted(rd.snapshot.meta.index)
                     for entry in rd.entries:
-                        self._track_entry(entry)
+                        size.written(entry)
             if self._syncing or not proc.has_unwritten:
                 return
             if proc.write():
@@ -542,23 +540,11 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         limit = self.config.max_raft_state
-        if limit is None or self._log_bytes < limit:
+        if limit is None or self._state_size is None or self._state_size.bytes < limit:
             return
         if self._applied <= self._snapshot_index:
             return
         self.snapshot_now()
-
-    def _track_entry(self, entry: Entry) -> None:
-        # A stored entry at or after this index conflicted and is replaced.
-        while self._log_sizes and self._log_sizes[-1][0] >= entry.index:
-            self._log_bytes -= self._log_sizes.pop()[1]
-        size = entry.size()
-        self._log_sizes.append((entry.index, size))
-        self._log_bytes += size
-
-    def _forget_sizes_through(self, index: int) -> None:
-        while self._log_sizes and self._log_sizes[0][0] <= index:
-            self._log_bytes -= self._log_sizes.popleft()[1]
 
     def snapshot_now(self) -> None:
         """Snapshot the state machine at the applied index and compact the
@@ -575,7 +561,8 @@ class RaftNode:
         self._storage.create_snapshot(index, data, self.config.peers)
         self._snapshot_index = index
         self.metrics.snapshots_taken += 1
-        self._forget_sizes_through(index)
+        if self._state_size is not None:
+            self._state_size.snapshotted(index)
         compact_to = index - self.config.snapshot_catchup_entries
         if compact_to >= self._storage.first_index():
             self._storage.compact(compact_to)
