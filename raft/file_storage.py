@@ -30,12 +30,19 @@ Everything readable (entries, hard state, current snapshot) is also held in
 memory, so reads never touch the disk; the log is bounded by compaction and
 the snapshot is the application state, which the node holds in memory anyway.
 
+Threads: one writer at a time. ``sync``, ``create_snapshot`` and ``compact``
+may run in the node's storage worker while its loop reads (and writes
+nothing); reads stay consistent because those replace the in-memory entry
+list and the current snapshot whole, and a read takes each once.
+
 Durability, per method:
 
 * ``save(hs, entries, snapshot)``: an installed snapshot is first written as a
   file (temp, fsync, rename, fsync dir); then one WAL batch — ``SNAPSHOT``
   reset record, ``ENTRY`` records, ``HARD_STATE`` — goes out in one write
-  and one fdatasync (if the segment is full, a new one is created first:
+  and, with ``sync=True``, one fdatasync; with ``sync=False`` (what the
+  node does: one ``sync()`` for every save of a drain) it is durable once
+  ``sync()`` returns (if the segment is full, a new one is created first:
   its ``BASE`` synced, the directory synced, the manifest rewritten; once
   per segment). Only then is memory updated, older snapshot files and dead
   segments deleted (and, after an install, the manifest rewritten).

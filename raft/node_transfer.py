@@ -6,8 +6,10 @@ shows after each tick and role change."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
-from raft.core import RaftCore
+from raft.core import NotLeader, RaftCore
 from raft.types import NONE, Role
 
 __all__ = ["TransferWaiters", "best_transfer_target"]
@@ -31,6 +33,36 @@ class TransferWaiters:
 
     def __init__(self) -> None:
         self._waiting: list[tuple[int, asyncio.Future[int]]] = []
+
+    async def transfer(self, core: RaftCore, to: int | None, timeout: float,
+                       wake: Callable[[], None],
+                       log: logging.LoggerAdapter[logging.Logger]) -> int:
+        """``RaftNode.transfer_leadership``: start the core's transfer to
+        ``to`` (None: ``best_transfer_target``), call ``wake`` (the drain
+        sends the core's messages), and wait for another node to lead."""
+        if core.role is not Role.LEADER:
+            raise NotLeader(core.leader)
+        if to is None:
+            to = best_transfer_target(core)
+            if to == NONE:
+                raise ValueError("no other voter to transfer leadership to")
+        if to == core.id:
+            return core.id
+        if to not in core.peers:
+            raise ValueError(f"node {to} is not a voter")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.add(to, future)
+        log.info("node %d transferring leadership to node %d (term %d, its match %d of %d)",
+                 core.id, to, core.term, core.progress[to].match, core.log.last_index())
+        core.transfer_leader(to)
+        wake()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"leadership transfer to node {to} did not finish "
+                               f"within {timeout:g} s") from None
+        finally:
+            self.discard(future)
 
     def add(self, to: int, future: asyncio.Future[int]) -> None:
         self._waiting.append((to, future))

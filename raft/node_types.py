@@ -6,8 +6,10 @@ metrics, the exceptions its futures fail with). Re-exported by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from random import Random
 from typing import Any, Protocol
 
+from raft.core import Config
 from raft.types import Message, Role
 
 __all__ = [
@@ -79,6 +81,23 @@ class NodeConfig:
     max_inflight_msgs: int = 256
     seed: int | None = None
 
+    def core_config(self, applied: int) -> Config:
+        """The core's ``Config`` for this node, ``applied`` entries applied."""
+        return Config(
+            id=self.id,
+            peers=self.peers,
+            rng=Random(self.seed),
+            election_tick=self.election_tick,
+            election_jitter=self.election_jitter,
+            heartbeat_tick=self.heartbeat_tick,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            broadcast_commit=self.broadcast_commit,
+            max_size_per_msg=self.max_size_per_msg,
+            max_inflight_msgs=self.max_inflight_msgs,
+            applied=applied,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
@@ -97,7 +116,8 @@ class NodeStatus:
 class NodeMetrics:
     """Counters since start (for status pages and benchmarks)."""
 
-    #: Storage.save calls: each is one fsync (group commit).
+    #: Writes that needed an fsync: one for everything a drain took (group
+    #: commit).
     saves: int = 0
     entries_persisted: int = 0
     messages_sent: int = 0

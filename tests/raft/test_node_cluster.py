@@ -109,9 +109,11 @@ def test_far_behind_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
             payloads = [f"s{i:04d}".encode() * 4 for i in range(600)]
             node = cluster.node(leader)
             await asyncio.gather(*(node.propose(p) for p in payloads))
-            status = cluster.node(leader).status()
-            assert status.snapshot_index > 0, "leader should have snapshotted"
-            assert status.first_index > 1, "leader should have compacted its log"
+            # The snapshot is written and the log compacted off the loop,
+            # after the proposals are answered.
+            await cluster.wait_for(lambda: cluster.node(leader).status().first_index > 1,
+                                   what="leader to snapshot and compact its log")
+            assert cluster.node(leader).status().snapshot_index > 0
             await cluster.restart_member(lagging)
             await cluster.wait_for(
                 lambda: set(payloads) <= set(cluster.members[lagging].fsm.values),

@@ -1,19 +1,23 @@
 """RaftNode on its own: a single-node cluster with in-memory storage and a
 transport that records what it is given (no sockets: this is the driver's
-unit test; the real-socket clusters are in test_node_cluster.py)."""
+unit test; the real-socket clusters are in test_node_cluster.py).
+
+Time here is what the test says: ticks come from a ``ManualTicker`` and the
+storage worker reads a ``FakeClock`` that a "slow" fsync advances, so no
+test waits for real time to pass."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
-import raft.node
 from raft.node import NodeConfig, NodeStopped, RaftNode
+from raft.node_ticker import ManualTicker
 from raft.storage import MemoryStorage, StorageError
+from raft.storage_worker import StorageWorker
 from raft.types import Entry, HardState, Message, MessageType, Snapshot
 from tests.raft.cluster import RecordingStateMachine
 
@@ -55,27 +59,51 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(fn(), 20))
 
 
+class FakeClock:
+    """Seconds that pass only when a test (or a fake disk) says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def single_node(storage: MemoryStorage | None = None,
-                peers: frozenset[int] = frozenset({0})) -> tuple[RaftNode, RecordingTransport]:
+                peers: frozenset[int] = frozenset({0}),
+                slow_disk_hold: float = 10.0) -> tuple[RaftNode, RecordingTransport]:
+    """A node with manual ticks; its storage worker reads the storage's
+    ``clock`` if it has one (a slow fake disk advances it)."""
     transport = RecordingTransport()
-    node = RaftNode(NodeConfig(id=0, peers=peers, tick_interval=0.005, seed=1),
-                    storage or MemoryStorage(), RecordingStateMachine(), transport)
+    storage = storage or MemoryStorage()
+    clock = getattr(storage, "clock", FakeClock())
+    node = RaftNode(NodeConfig(id=0, peers=peers, seed=1), storage,
+                    RecordingStateMachine(), transport, ticker=ManualTicker(),
+                    storage_worker=StorageWorker("test-storage", clock=clock,
+                                                 slow_disk_hold=slow_disk_hold))
     return node, transport
 
 
 async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(2000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never held")
+    """Poll ``cond`` while the loop runs the node (bounded: 5 s)."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition never held")
+        await asyncio.sleep(0.001)
+
+
+async def elect(node: RaftNode) -> None:
+    """A single-node cluster elects itself once its vote is durable."""
+    node.campaign()
+    await until(lambda: node.is_leader)
 
 
 def test_single_node_proposes_applies_and_reads() -> None:
     async def scenario() -> None:
         node, transport = single_node()
         await node.start()
-        await until(lambda: node.is_leader)
+        await elect(node)
         results = await asyncio.gather(*(node.propose(b"v%d" % i) for i in range(100)))
         # The state machine's result (here: the index) comes back to the proposer.
         assert [r for _, r in results] == [i for i, _ in results]
@@ -94,7 +122,7 @@ def test_storage_failure_stops_the_node_and_fails_pending_work() -> None:
         storage = FailingStorage()
         node, _ = single_node(storage)
         await node.start()
-        await until(lambda: node.is_leader)
+        await elect(node)
         await node.propose(b"ok")
         storage.fail = True
         with pytest.raises(NodeStopped, match="disk full"):
@@ -173,8 +201,8 @@ def test_follower_answers_only_what_is_durable() -> None:
     async def scenario() -> None:
         storage = DeferredSyncStorage()
         node = SendCheckingNode(
-            NodeConfig(id=0, peers=frozenset({0, 1, 2}), tick_interval=0.005, seed=1),
-            storage, RecordingStateMachine(), RecordingTransport())
+            NodeConfig(id=0, peers=frozenset({0, 1, 2}), seed=1),
+            storage, RecordingStateMachine(), RecordingTransport(), ticker=ManualTicker())
         node.sent_when = []
         await node.start()
         vote = Message(MessageType.VOTE, src=1, dst=0, term=2, log_term=0, index=0)
@@ -199,12 +227,13 @@ def test_follower_answers_only_what_is_durable() -> None:
     run(scenario)
 
 
-async def propose_on_a_single_node(storage: DeferredSyncStorage, count: int) -> None:
+async def propose_on_a_single_node(storage: DeferredSyncStorage, count: int,
+                                   slow_disk_hold: float = 10.0) -> None:
     """Propose ``count`` entries one by one; each must be durable (on the
     leader's disk, its whole quorum) by the time it is applied."""
-    node, _ = single_node(storage)
+    node, _ = single_node(storage, slow_disk_hold=slow_disk_hold)
     await node.start()
-    await until(lambda: node.is_leader)
+    await elect(node)
     for i in range(count):
         index, _ = await node.propose(b"v%d" % i)
         assert storage.durable_last >= index, "applied before the leader's fsync"
@@ -220,15 +249,17 @@ def test_leader_counts_itself_only_once_durable() -> None:
 
 
 class SlowSyncStorage(DeferredSyncStorage):
-    """Every fsync takes 20 ms; records which thread ran it."""
+    """Every fsync takes 20 ms of the node's (fake) clock; records which
+    thread ran it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sync_threads: list[str] = []
+        self.clock = FakeClock()
 
     def sync(self) -> None:
         self.sync_threads.append(threading.current_thread().name)
-        time.sleep(0.02)
+        self.clock.now += 0.02
         super().sync()
 
 
@@ -277,12 +308,9 @@ class OnceSlowSyncStorage(SlowSyncStorage):
 
 
 @pytest.mark.parametrize("hold", [10.0, 0.0])
-def test_after_a_slow_fsync_the_worker_keeps_the_fsyncs_for_a_while(
-    hold: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(raft.node, "_SLOW_DISK_HOLD", hold)
+def test_after_a_slow_fsync_the_worker_keeps_the_fsyncs_for_a_while(hold: float) -> None:
     storage = OnceSlowSyncStorage()
-    run(lambda: propose_on_a_single_node(storage, 6))
+    run(lambda: propose_on_a_single_node(storage, 6, slow_disk_hold=hold))
     main = threading.current_thread().name
     on_loop = [t == main for t in storage.sync_threads]
     assert on_loop[:2] == [True, False]  # the slow one, then the worker
@@ -290,3 +318,63 @@ def test_after_a_slow_fsync_the_worker_keeps_the_fsyncs_for_a_while(
         assert not any(on_loop[2:]), on_loop  # held off the loop
     else:
         assert all(on_loop[2:]), on_loop  # fast again: back on the loop
+
+
+class BlockingSnapshotStorage(DeferredSyncStorage):
+    """``create_snapshot`` waits for ``release`` (a large snapshot on a slow
+    disk) and records the thread it ran on; saves meanwhile are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.snapshot_threads: list[str] = []
+        self.saves_while_snapshotting = 0
+
+    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+        self.snapshot_threads.append(threading.current_thread().name)
+        self.started.set()
+        assert self.release.wait(5)
+        return super().create_snapshot(index, data, peers)
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry],
+             snapshot: Snapshot | None = None, *, sync: bool = True) -> bool:
+        if self.started.is_set() and not self.release.is_set():
+            self.saves_while_snapshotting += 1
+        return super().save(hard_state, entries, snapshot, sync=sync)
+
+
+def test_snapshots_are_written_off_the_loop_and_hold_writes_meanwhile() -> None:
+    """The snapshot's file and the compaction run in the storage worker: the
+    loop keeps serving (ticks, RPCs), and no write reaches the storage
+    until the worker is done with it."""
+    async def scenario() -> None:
+        storage = BlockingSnapshotStorage()
+        transport = RecordingTransport()
+        ticker = ManualTicker()
+        node = RaftNode(NodeConfig(id=0, peers=frozenset({0}), seed=1, max_raft_state=64,
+                                   snapshot_catchup_entries=0),
+                        storage, RecordingStateMachine(), transport, ticker=ticker)
+        await node.start()
+        await elect(node)
+        for i in range(10):  # past max_raft_state: the snapshot starts
+            await node.propose(b"entry %d" % i)
+            if storage.started.is_set():
+                break
+        await until(storage.started.is_set)
+        # The worker holds the storage; the loop still runs the node.
+        ticker.tick(3)
+        late = node.propose_future(b"late")
+        for _ in range(10):
+            await asyncio.sleep(0)  # the drain takes it, holds its write
+        assert not late.done(), "committed while the worker had the storage"
+        assert storage.saves_while_snapshotting == 0
+        storage.release.set()
+        index, _ = await asyncio.wait_for(late, 5)
+        await until(lambda: node.status().first_index > 1)
+        assert storage.durable_last >= index
+        main = threading.current_thread().name
+        assert storage.snapshot_threads and main not in storage.snapshot_threads
+        await node.stop()
+
+    run(scenario)

@@ -778,7 +778,7 @@ class Simulator:
         if n.proc is not None and n.proc.in_flight:
             # Writes in flight: the state machine may be ahead of the disk,
             # or built from entries (a snapshot) the disk does not hold yet.
-            # RaftNode.snapshot_now waits the same way.
+            # RaftNode's Drain.snapshot_now waits the same way.
             return
         if idx > st.last_index():
             return

@@ -1,0 +1,111 @@
+"""``Snapshotter``: when a node snapshots its state machine, and the writing
+of that snapshot and the log compaction after it, off the event loop.
+
+The trigger is ``--max-raft-state`` (the seed's maxraftstate): bytes of log
+entries written since the last snapshot (``RaftStateSize``). A snapshot is
+taken only while no write is in flight (every taken Ready is durable): the
+state machine may otherwise be ahead of the disk, or built from a snapshot
+or entries the disk does not hold yet (``Ready`` rule 4 applies before the
+write). The state machine's bytes are taken on the loop, at one applied
+index; the snapshot file, its WAL record and the compaction (several fsyncs
+and a file as large as the state) are written by the ``StorageWorker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from raft.node_types import NodeConfig, NodeMetrics, StateMachine
+from raft.raft_state_size import RaftStateSize
+from raft.storage import Storage
+from raft.storage_worker import StorageWorker
+from raft.types import Entry, Snapshot
+
+__all__ = ["Snapshotter"]
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: Storage,
+        state_machine: StateMachine,
+        metrics: NodeMetrics,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._fsm = state_machine
+        self._metrics = metrics
+        self._log = log
+        #: The index of the newest snapshot (taken here or installed).
+        self.index = storage.snapshot().meta.index
+        #: A snapshot is being written by the worker.
+        self.writing = False
+        # What --max-raft-state bounds (None: not tracked).
+        self._size: RaftStateSize | None = None
+        if config.max_raft_state is not None:
+            last = storage.last_index()
+            first = max(storage.first_index(), self.index + 1)
+            self._size = RaftStateSize(
+                storage.entries(first, last + 1) if last >= first else ())
+
+    def written(self, snapshot: Snapshot | None, entries: tuple[Entry, ...]) -> None:
+        """A Ready with these parts was taken (its writes are coming)."""
+        size = self._size
+        if size is None:
+            return
+        if snapshot is not None and not snapshot.empty:
+            size.snapshotted(snapshot.meta.index)
+        for entry in entries:
+            size.written(entry)
+
+    def installed(self, snapshot: Snapshot) -> None:
+        """The state machine was replaced by a leader's ``snapshot``."""
+        self.index = snapshot.meta.index
+        self._metrics.snapshots_installed += 1
+
+    def due(self, applied: int) -> bool:
+        """The raft state passed ``max_raft_state`` and there is something
+        new to snapshot."""
+        limit = self._config.max_raft_state
+        return (limit is not None and self._size is not None
+                and self._size.bytes >= limit and applied > self.index)
+
+    def start(self, applied: int, worker: StorageWorker,
+              on_done: Callable[[BaseException | None], None]) -> bool:
+        """Snapshot the state machine at ``applied`` and have ``worker``
+        write it and compact the log. The caller guarantees that no write is
+        in flight and that the worker is idle; ``on_done`` runs on the loop
+        when the worker is done, with the exception it raised, if any.
+        False if there is nothing to snapshot (``applied`` not newer, or not
+        yet in storage)."""
+        storage = self._storage
+        if self.writing or applied <= self.index or applied > storage.last_index():
+            return False
+        data = self._fsm.snapshot()  # at ``applied``, on the loop
+        peers = self._config.peers
+        compact_to = applied - self._config.snapshot_catchup_entries
+        self.writing = True
+
+        def job() -> None:
+            storage.create_snapshot(applied, data, peers)
+            if compact_to >= storage.first_index():
+                storage.compact(compact_to)
+
+        def done(exc: BaseException | None) -> None:
+            self.writing = False
+            if exc is not None:
+                on_done(exc)
+                return
+            self.index = max(self.index, applied)
+            self._metrics.snapshots_taken += 1
+            if self._size is not None:
+                self._size.snapshotted(applied)
+            self._log.info("node %d snapshot at index %d (%d bytes), log from %d",
+                           self._config.id, applied, len(data), storage.first_index())
+            on_done(None)
+
+        worker.run(job, done)
+        return True
