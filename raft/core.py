@@ -176,10 +176,13 @@ class Ready:
        2: "respond after persisting"). A message addressed to this node
        itself (a candidate's own vote) is stepped back into the core.
     4. ``snapshot`` is restored into the state machine and
-       ``committed_entries`` applied, in Ready order, at once: committed
-       entries are on a quorum's disks already (etcd applies while its WAL
-       writes too). Each of ``read_states`` is served once the applied
-       index reaches its ``index`` (dissertation 6.4).
+       ``committed_entries`` applied, in Ready order, at once. Committed
+       entries are handed out only once this node's disk holds them (an
+       earlier Ready's write is advanced; etcd-io/raft does the same with
+       asynchronous storage writes), so a state machine on disk is never
+       ahead of the log it is replayed from after a crash. Each of
+       ``read_states`` is served once the applied index reaches its
+       ``index`` (dissertation 6.4).
     5. ``advance(rd)`` with this very object, in Ready order, once 2-4 are
        done for it. Only then does the core count what was written: the
        leader's own entries toward commit (paper 5.3), a candidate's own
