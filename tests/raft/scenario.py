@@ -39,7 +39,7 @@ Commands (ids are node ids, 1..N):
 * ``compact ID [INDEX]``: the application snapshots node ID's state at
   INDEX (default: its applied index) and compacts the log up to it.
 * ``restart ID``: crash and restart from what the node saved (messages
-  queued to or from it are lost).
+  queued to or from it are lost, and listed).
 * ``status ID``, ``raft-log ID``, ``raft-state``: print state.
 
 Notation: ``T/I`` is term/index, as in etcd (``log=1/2`` in an APPEND is
@@ -525,8 +525,14 @@ def _compact(it: Interpreter, args: list[str], kwargs: dict[str, str]) -> list[s
 
 def _restart(it: Interpreter, args: list[str], kwargs: dict[str, str]) -> list[str]:
     (i,) = it._ids(args)
-    it.network.restart(i)
-    return [*it._changes([i]), *_state_line(it, i)]
+    net = it.network
+    lost = [m for m in net.queue if i in (m.src, m.dst)]
+    net.restart(i)
+    return [
+        *(f"lost in flight: {format_message(m)}" for m in lost),
+        *it._changes([i]),
+        *_state_line(it, i),
+    ]
 
 
 def _state_line(it: Interpreter, i: int) -> list[str]:

@@ -150,3 +150,15 @@ def test_message_format_shows_every_set_field() -> None:
     # A field the type's line does not normally show is not hidden.
     odd = Message(MessageType.VOTE_RESPONSE, 2, 1, 3, commit=7)
     assert format_message(odd) == "2->1 VOTE_RESPONSE term=3 granted commit=7"
+
+
+def test_restart_reports_the_messages_it_loses() -> None:
+    text = (
+        "add-nodes 3\n----\n\ncampaign 1\n----\n\nprocess-ready 1\n----\n\n"
+        "restart 2\n----\n"
+        "lost in flight: 1->2 PRE_VOTE term=1 log=0/0\n"
+        "2: FOLLOWER term=0 vote=none leader=none commit=0 applied=0 last=0/0\n"
+    )
+    (first, second, third) = run_text(text)  # the first three blocks expect nothing
+    assert [m.block.command for m in (first, second, third)] == [
+        "add-nodes", "campaign", "process-ready"]
