@@ -26,7 +26,10 @@ Commands (ids are node ids, 1..N):
   ``transfer-leader FROM TO``: the core's client calls.
 * ``tick ID [N]``; ``tick-heartbeat ID...``; ``tick-election ID...``: N,
   ``heartbeat-tick`` or ``election-tick`` ticks (the ids in lockstep). Ticks
-  deliver nothing.
+  deliver nothing. ``tick-election`` ends a leader lease and runs a
+  leader's check-quorum round, but a follower's own timeout is drawn from
+  ``[election-tick, election-tick + jitter)`` and need not fire (it is
+  deterministic for a given ``seed``).
 * ``process-ready ID...``: handle one Ready of each node: print it, write
   it, send its messages (into the queue), apply, advance.
 * ``deliver-msgs ID...``: step the queued messages addressed to each node
