@@ -42,3 +42,13 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     with asyncio.Runner(loop_factory=lambda: new_event_loop(use_uvloop)) as runner:
         runner.run(asyncio.wait_for(func(**kwargs), ASYNC_TEST_TIMEOUT))
     return True
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--rewrite",
+        action="store_true",
+        default=False,
+        help="rewrite the expected output of the data-driven scenario files "
+        "(tests/raft/testdata/*.txt) from the actual output (also: SCENARIO_REWRITE=1)",
+    )
