@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("scan", help='print "KEY VALUE" for each key that starts with PREFIX, '
                                     'in key order (PREFIX "": every key)')
     p.add_argument("prefix")
-    p.add_argument("--limit", type=positive_int, default=None, help="at most N pairs")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="at most N pairs (default: all)")
     p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
     sub.add_parser("status", help="one line per node: role, term, leader, indexes")
     p = sub.add_parser("transfer-leader",

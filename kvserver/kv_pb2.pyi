@@ -261,7 +261,10 @@ class ScanRequest(_message.Message):
     end: _builtins.bytes
     """exclusive; empty: no upper bound"""
     limit: _builtins.int
-    """most pairs in this page; 0: the server's default"""
+    """Most pairs in this page; 0: the server's default. The server may send
+    fewer (its page bounds: kvserver/limits.py), never none while the
+    range has a pair.
+    """
     client_id: _builtins.int
     def __init__(
         self,

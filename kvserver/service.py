@@ -12,9 +12,9 @@ never answers a read. A Scan page is bounded in pairs and bytes
 Every request is checked on arrival, before anything is proposed: a field
 the server cannot honour (seq 0, client_id 0, an unknown op, ack_seq above
 seq, a DELETE carrying a value, an ``expected`` on anything but a CAS, too
-many operations in a Batch) is refused
-with BAD_REQUEST, a size over a limit (``kvserver.limits``) with TOO_LARGE;
-both carry an ``error`` text and are never acknowledged and dropped.
+many operations in a Batch) is refused with BAD_REQUEST, a size over a
+limit (``kvserver.limits``) with TOO_LARGE; both carry an ``error`` text
+and are never acknowledged and dropped.
 
 Each write carries a *cluster time* stamp for session expiry: the state
 machine's clock when this node became leader plus this node's monotonic

@@ -56,8 +56,9 @@ Ordered reads: the data is a dict; ``scan`` uses a sorted list of its keys
 (``bisect``), built on the first scan and then kept up to date by every
 write that adds or removes a key. Stores that are never scanned pay
 nothing; after the first scan, adding or removing a key costs a list
-insert (an O(n) memmove: about 0.1 ms a million keys). Good enough until
-the LMDB store replaces this one (its B-tree is ordered already).
+insert or delete (an O(n) memmove: measured 0.03 ms with 100,000 keys,
+0.3 ms with a million; updating a present key costs nothing extra). Good
+enough until the LMDB store replaces this one (its B-tree is ordered).
 """
 
 from __future__ import annotations
@@ -293,6 +294,9 @@ class KvStateMachine:
     # -- snapshots -----------------------------------------------------------
 
     def snapshot(self) -> bytes:
+        # Still version 1: ``data`` (pairs in key order) is wire-identical to
+        # the former map<string, string>, and an older release ignores
+        # ``failed_seqs`` (kv.proto).
         snap = kv_pb2.KvSnapshot(version=SNAPSHOT_VERSION, clock_ms=self._clock_ms)
         data = self._data
         add = snap.data.add
