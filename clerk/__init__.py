@@ -6,9 +6,12 @@ from clerk.client import (
     Clerk,
     ClerkError,
     ClerkTimeout,
+    Data,
     RequestRefused,
+    ScanResult,
     ServerError,
     TooLarge,
+    prefix_end,
 )
 
 __all__ = [
@@ -17,7 +20,10 @@ __all__ = [
     "Clerk",
     "ClerkError",
     "ClerkTimeout",
+    "Data",
     "RequestRefused",
+    "ScanResult",
     "ServerError",
     "TooLarge",
+    "prefix_end",
 ]

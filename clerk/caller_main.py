@@ -1,30 +1,45 @@
-"""``callerMain``: the command-line client of the KV store.
+r"""``callerMain``: the command-line client of the KV store.
 
     callerMain -f test.conf                      the seed's loop: put x=i, get x, print
     callerMain -f test.conf get K                prints the value alone
     callerMain -f test.conf put K V | append K V | delete K
+    callerMain -f test.conf scan PREFIX [--limit N]
+                                                 one "KEY VALUE" line per pair, in key order
     callerMain -f test.conf status               one line per node
     callerMain -f test.conf transfer-leader [ID] make node ID (default: the most
                                                  up-to-date follower) the leader;
                                                  prints the new leader's id
     callerMain -f test.conf bench [--clients N] [--ops N] [--value-size B] [--keys K] [--reads F]
 
-Keys and values must be valid UTF-8 (a command-line argument that is not
-is refused with exit 2). Exit 0 on success, 1 when the operation failed
-(timeout, unreachable cluster, a transfer that did not finish, a wrong
-value in the loop), 2 on bad usage or config (an ID not in the config).
-Always one line on stderr, never a traceback.
+Keys and values are bytes. By default they are text: a command-line
+argument is taken as the bytes the shell passed (UTF-8 text in a UTF-8
+terminal; other bytes as they are), and a key or value is printed as
+UTF-8 text with Python-style escapes for what is not printable text:
+``\\`` for a backslash, ``\n``, ``\r``, ``\t``, ``\xNN`` for a byte that
+is not part of valid UTF-8 or an ASCII control character, ``\uNNNN`` for
+another unprintable character, and, in scan lines, ``\x20`` for a space
+in a key (so a line splits at its first space). So every value prints on
+one line and can be told apart from every other. With ``--hex`` (before or
+after the command), keys, values and the prefix on the command line are
+hex (``00ff``) and keys and values are printed as hex: exact for any bytes.
+
+Exit 0 on success, 1 when the operation failed (timeout, unreachable
+cluster, a transfer that did not finish, a wrong value in the loop), 2 on
+bad usage or config (an ID not in the config, an argument that is not hex
+with ``--hex``). Always one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import random
 import sys
 import time
 from collections.abc import Sequence
 
-from clerk.client import AsyncClerk, BadRequest, ClerkError, TooLarge
+from clerk.client import AsyncClerk, BadRequest, ClerkError, TooLarge, prefix_end
 from kvserver import kv_pb2
 from kvserver.config import ClusterConfig, ConfigError, load_config
 from rpc import RpcChannel, RpcError, Stub
@@ -40,12 +55,59 @@ from rpc.cli import (
 )
 from rpc.loop import run
 
-__all__ = ["main"]
+__all__ = ["main", "show_text"]
 
 PROG = "callerMain"
 MAX_TIMEOUT = 86_400.0
 MAX_CLIENTS = 10_000
 MAX_VALUE_SIZE = 4 << 20
+#: Pairs a scan asks for per page (the server may send fewer).
+SCAN_PAGE = 1000
+
+#: Escapes of the characters ``show_text`` does not print as they are.
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def show_text(data: bytes, *, escape_space: bool = False) -> str:
+    r"""``data`` as one line of text: UTF-8, with Python-style escapes for
+    a backslash, newline, carriage return and tab, ``\xNN`` for a byte
+    that is not part of valid UTF-8 (always 0x80 or above) or an ASCII
+    control character, ``\uNNNN``/``\UNNNNNNNN`` for other unprintable
+    characters, and ``\x20`` for a space when ``escape_space``. Text
+    without any of these prints unchanged; different bytes never print
+    the same."""
+    text = data.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text and not (escape_space and " " in text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte surrogateescape could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == " ":
+            out.append("\\x20" if escape_space else ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _emit(line: str) -> None:
+    """Print one line as UTF-8, whatever the locale's encoding."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        print(line)
+        return
+    sys.stdout.flush()
+    buffer.write(line.encode("utf-8") + b"\n")
+    buffer.flush()
 
 
 async def _loop(ck: AsyncClerk, count: int) -> int:
@@ -53,9 +115,26 @@ async def _loop(ck: AsyncClerk, count: int) -> int:
     for i in range(count - 1, -1, -1):
         await ck.put("x", str(i))
         value = await ck.get("x")
-        print(f"get return :{{{value}}}", flush=True)
-        if value != str(i):
-            fail(PROG, f"get x returned {value!r}, expected {str(i)!r}")
+        print(f"get return :{{{show_text(value)}}}", flush=True)
+        if value != str(i).encode():
+            fail(PROG, f"get x returned {value!r}, expected {str(i).encode()!r}")
+    return EXIT_OK
+
+
+async def _scan(ck: AsyncClerk, prefix: bytes, limit: int | None, hex_mode: bool) -> int:
+    """Print the pairs under ``prefix`` a page at a time (a huge range is
+    never held in memory at once)."""
+    cursor: bytes | None = prefix
+    end = prefix_end(prefix)
+    left = limit
+    while cursor is not None and (left is None or left > 0):
+        page = await ck.scan(cursor, end, min(SCAN_PAGE, left or SCAN_PAGE))
+        for key, value in page:
+            _emit(f"{key.hex()} {value.hex()}" if hex_mode
+                  else f"{show_text(key, escape_space=True)} {show_text(value)}")
+        if left is not None:
+            left -= len(page)
+        cursor = page.next_start
     return EXIT_OK
 
 
@@ -198,32 +277,57 @@ async def _bench(ck: AsyncClerk, clients: int, ops: int, value_size: int, keys: 
     return EXIT_OK
 
 
-def _is_utf8(text: str) -> bool:
+def _argument_bytes(text: str, name: str, hex_mode: bool) -> bytes:
+    """A key, value or prefix from the command line as bytes: hex with
+    ``--hex``, else the bytes the shell passed (Python decoded them with
+    the file system encoding, undecodable bytes as surrogates)."""
+    if not hex_mode:
+        return os.fsencode(text)
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        return bytes.fromhex(text)
+    except ValueError:
+        fail(PROG, f"the {name} {text!r} is not hex (--hex: two hex digits a byte, "
+             f"like 00ff)", EXIT_USAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = Parser(prog=PROG, description="Client of the replicated KV store.")
+    parser = Parser(
+        prog=PROG, description="Client of the replicated KV store.",
+        epilog="Keys and values are bytes. By default arguments are text (the bytes the "
+               "shell passed, UTF-8 in a UTF-8 terminal) and output is UTF-8 text with "
+               "Python-style escapes (\\\\, \\n, \\t, \\xNN for bytes that are not UTF-8 "
+               "and control characters, \\uNNNN; in scan lines \\x20 for a space in a key). "
+               "With --hex, keys, values and prefixes on the command line are hex (00ff) "
+               "and printed as hex.")
     parser.add_argument("-f", "--config", required=True, help="cluster config (seed format)")
+    parser.add_argument("--hex", action="store_true",
+                        help="keys, values and prefixes in arguments and output are hex")
     parser.add_argument("--timeout", type=bounded_float(0.0, MAX_TIMEOUT), default=10.0,
                         help="seconds per operation")
     parser.add_argument("--count", type=positive_int, default=500,
                         help="iterations of the default loop")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
-    p = sub.add_parser("get", help="print the value of KEY")
+    hex_help = "as --hex before the command"
+    p = sub.add_parser("get", help="print the value of KEY (a missing key prints an empty line)")
     p.add_argument("key")
+    p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
     p = sub.add_parser("put", help="set KEY to VALUE")
     p.add_argument("key")
     p.add_argument("value")
+    p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
     p = sub.add_parser("append", help="append VALUE to KEY")
     p.add_argument("key")
     p.add_argument("value")
+    p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
     p = sub.add_parser("delete", help="remove KEY")
     p.add_argument("key")
+    p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
+    p = sub.add_parser("scan", help='print "KEY VALUE" for each key that starts with PREFIX, '
+                                    'in key order (PREFIX "": every key)')
+    p.add_argument("prefix")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="at most N pairs (default: all)")
+    p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
     sub.add_parser("status", help="one line per node: role, term, leader, indexes")
     p = sub.add_parser("transfer-leader",
                        help="make node ID (default: the most up-to-date follower) the leader")
@@ -239,12 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench" and not 0.0 <= args.reads <= 1.0:
         parser.error("--reads must be between 0 and 1")
-    for name in ("key", "value"):
-        text = getattr(args, name, None)
-        if text is not None and not _is_utf8(text):
-            # Python hands such bytes over as lone surrogates, which no
-            # protobuf string can carry.
-            fail(PROG, f"the {name} {text!r} is not valid UTF-8", EXIT_USAGE)
+    data = {name: _argument_bytes(getattr(args, name), name, args.hex)
+            for name in ("key", "value", "prefix") if getattr(args, name, None) is not None}
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -264,13 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:
                 return await _loop(ck, args.count)
             if args.command == "get":
-                print(await ck.get(args.key))
+                value = await ck.get(data["key"])
+                _emit(value.hex() if args.hex else show_text(value))
             elif args.command == "put":
-                await ck.put(args.key, args.value)
+                await ck.put(data["key"], data["value"])
             elif args.command == "append":
-                await ck.append(args.key, args.value)
+                await ck.append(data["key"], data["value"])
             elif args.command == "delete":
-                await ck.delete(args.key)
+                await ck.delete(data["key"])
+            elif args.command == "scan":
+                return await _scan(ck, data["prefix"], args.limit, args.hex)
             elif args.command == "bench":
                 return await _bench(ck, args.clients, args.ops, args.value_size, args.keys,
                                     args.reads)

@@ -1,5 +1,23 @@
 """The KV client: ``AsyncClerk`` (asyncio) and ``Clerk`` (blocking).
 
+The API (``Clerk``'s methods; ``AsyncClerk``'s are the same coroutines):
+
+* keys and values are ``bytes`` on the wire and in the store; every method
+  takes ``str`` (encoded as UTF-8) or ``bytes`` for them;
+* ``get(key, default=b"") -> bytes``: the value, or ``default`` (returned
+  as given, e.g. ``None``) when the key is absent;
+* ``put``, ``append``, ``delete`` -> None;
+* ``cas(key, expected, new) -> bool``: sets ``new`` if the key holds
+  ``expected`` (``None``: if the key is absent), as one write applied at
+  most once; True when it swapped. An existing empty value is not absent:
+  ``get(key, None)`` tells them apart;
+* ``scan(start=b"", end=None, limit=None) -> ScanResult`` and
+  ``scan_prefix(prefix, limit=None) -> ScanResult``: ``[(key, value), ...]``
+  (bytes) in key order, at most ``limit`` pairs (None: all), fetched a page
+  at a time; ``.more`` / ``.next_start`` say where to continue when
+  ``limit`` cut the range short. Each page is linearizable, the whole scan
+  is not one snapshot: writes between pages show in the later pages.
+
 What a clerk does for the caller:
 
 * finds the leader and remembers it; follows WRONG_LEADER hints; tries the
@@ -33,11 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias, TypeVar, overload
 
 from kvserver import kv_pb2
 from kvserver.config import load_config
@@ -50,13 +68,24 @@ __all__ = [
     "Clerk",
     "ClerkError",
     "ClerkTimeout",
+    "Data",
     "RequestRefused",
+    "ScanResult",
     "ServerError",
     "TooLarge",
+    "prefix_end",
 ]
 
 _SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KvServer"].full_name
-_REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply}
+_REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply,
+                                "Scan": kv_pb2.ScanReply}
+#: The methods a ``Batch`` call can carry (a Scan always goes alone).
+_BATCHABLE = frozenset({"Get", "PutAppend"})
+
+#: A key or value as the clerk takes it: text (sent as UTF-8) or bytes.
+Data: TypeAlias = str | bytes
+
+_T = TypeVar("_T")
 
 #: Most operations per ``Batch`` call: a bigger batch saves a little more per
 #: operation but keeps the cluster's stages (client, leader, followers' disks)
@@ -98,6 +127,50 @@ class ServerError(RequestRefused):
     """The server failed to handle the call (RPC ``HANDLER_ERROR``,
     ``BAD_REQUEST``, ``UNKNOWN_SERVICE`` or ``UNKNOWN_METHOD``): a bug or a
     server that is not a KV node. A write may or may not have been applied."""
+
+
+class ScanResult(list[tuple[bytes, bytes]]):
+    """What ``scan`` returns: a list of ``(key, value)`` in key order, plus
+    ``next_start``, the key to scan from to go on (None when the range is
+    done; set only when ``limit`` stopped the scan)."""
+
+    __slots__ = ("next_start",)
+
+    def __init__(self, pairs: Iterable[tuple[bytes, bytes]] = (),
+                 next_start: bytes | None = None) -> None:
+        super().__init__(pairs)
+        self.next_start = next_start
+
+    @property
+    def more(self) -> bool:
+        """Whether the range holds pairs after these."""
+        return self.next_start is not None
+
+    def __repr__(self) -> str:
+        return f"ScanResult({list.__repr__(self)}, next_start={self.next_start!r})"
+
+
+def _bytes(data: Data, what: str) -> bytes:
+    """``data`` as bytes: text is encoded as UTF-8 (a lone surrogate, which
+    UTF-8 cannot encode, raises ``UnicodeEncodeError``, a ValueError)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be str or bytes, not {type(data).__name__}")
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key that starts with ``prefix`` (the
+    exclusive end of a prefix scan): the prefix without its trailing 0xff
+    bytes, last byte plus one. None (no bound) when there is no such key:
+    an empty prefix or one of 0xff bytes only."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 #: RPC statuses that retrying the same call cannot change.
@@ -147,22 +220,84 @@ class AsyncClerk:
 
     # -- the API -------------------------------------------------------------
 
-    async def get(self, key: str, default: str = "") -> str:
-        """The value of ``key``, linearizable; ``default`` when it is absent."""
-        request = kv_pb2.GetRequest(key=key, client_id=self.client_id)
+    @overload
+    async def get(self, key: Data) -> bytes: ...
+
+    @overload
+    async def get(self, key: Data, default: _T) -> bytes | _T: ...
+
+    async def get(self, key: Data, default: object = b"") -> object:
+        """The value of ``key`` (bytes), linearizable; ``default`` (as
+        given, ``b""`` unless said otherwise) when the key is absent."""
+        request = kv_pb2.GetRequest(key=_bytes(key, "key"), client_id=self.client_id)
         reply = await self._until_done("Get", request)
         if reply.err == kv_pb2.NO_KEY:
             return default
-        return str(reply.value)
+        value: bytes = reply.value
+        return value
 
-    async def put(self, key: str, value: str) -> None:
+    async def put(self, key: Data, value: Data) -> None:
+        """Set ``key`` to ``value``."""
         await self._write(kv_pb2.PUT, key, value)
 
-    async def append(self, key: str, value: str) -> None:
+    async def append(self, key: Data, value: Data) -> None:
+        """Append ``value`` to ``key``'s value (a missing key starts empty)."""
         await self._write(kv_pb2.APPEND, key, value)
 
-    async def delete(self, key: str) -> None:
-        await self._write(kv_pb2.DELETE, key, "")
+    async def delete(self, key: Data) -> None:
+        """Remove ``key`` (nothing happens if it is absent)."""
+        await self._write(kv_pb2.DELETE, key, b"")
+
+    async def cas(self, key: Data, expected: Data | None, new: Data) -> bool:
+        """Compare-and-set: set ``key`` to ``new`` if its value is
+        ``expected`` (``None``: if ``key`` is absent; an empty value is not
+        absent). One write, applied atomically and at most once, like
+        ``put``; True when it swapped, False when the key held something
+        else (then nothing changed). A retry after a lost reply gets the
+        answer of the one time it was applied."""
+        reply = await self._write(kv_pb2.CAS, key, new,
+                                  None if expected is None else _bytes(expected, "expected"))
+        return bool(reply.swapped)
+
+    async def scan(self, start: Data = b"", end: Data | None = None,
+                   limit: int | None = None) -> ScanResult:
+        """The pairs with ``start <= key < end`` (bytewise; ``end`` None: no
+        upper bound) in key order, at most ``limit`` of them (None: all).
+        Pages of the server's size are fetched one after the other, each a
+        linearizable read on its own (a write between two pages shows in
+        the later one). When ``limit`` stops it early, ``.next_start`` (the
+        first key not returned; ``.more`` is True) is where to go on:
+        ``scan(result.next_start, end, limit)``."""
+        cursor = _bytes(start, "start")
+        stop = None if end is None else _bytes(end, "end")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1 (or None: no limit), not {limit}")
+        result = ScanResult()
+        if stop == b"":
+            return result  # no key is below b""
+        while True:
+            want = 0 if limit is None else min(limit - len(result), 0xFFFFFFFF)
+            request = kv_pb2.ScanRequest(start=cursor, end=stop or b"", limit=want,
+                                         client_id=self.client_id)
+            reply = await self._until_done("Scan", request)
+            result.extend((pair.key, pair.value) for pair in reply.pairs)
+            if limit is not None and len(result) > limit:  # a page longer than asked
+                result.next_start = result[limit][0]
+                del result[limit:]
+                return result
+            if not reply.more:
+                return result
+            if reply.next_start <= cursor:
+                raise ServerError(f"Scan reply does not move on from {cursor!r}")
+            cursor = reply.next_start
+            if limit is not None and len(result) >= limit:
+                result.next_start = cursor
+                return result
+
+    async def scan_prefix(self, prefix: Data, limit: int | None = None) -> ScanResult:
+        """The pairs whose key starts with ``prefix``, as ``scan``."""
+        start = _bytes(prefix, "prefix")
+        return await self.scan(start, prefix_end(start), limit)
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels), return_exceptions=True)
@@ -175,15 +310,21 @@ class AsyncClerk:
 
     # -- machinery -------------------------------------------------------------
 
-    async def _write(self, op: int, key: str, value: str) -> None:
+    async def _write(self, op: int, key: Data, value: Data,
+                     expected: bytes | None = None) -> kv_pb2.PutAppendReply:
+        request = kv_pb2.PutAppendRequest(
+            key=_bytes(key, "key"), value=_bytes(value, "value"), op=op,  # type: ignore[arg-type]
+            client_id=self.client_id)
+        if expected is not None:
+            request.expected = expected
         seq = self._next_seq
         self._next_seq += 1
         self._unacked[seq] = None
         try:
-            request = kv_pb2.PutAppendRequest(
-                key=key, value=value, op=op, client_id=self.client_id, seq=seq  # type: ignore[arg-type]
-            )
-            await self._until_done("PutAppend", request, seq_request=True)
+            request.seq = seq
+            reply: kv_pb2.PutAppendReply = await self._until_done(
+                "PutAppend", request, seq_request=True)
+            return reply
         finally:
             # Whatever happened, we will not retry this seq: the server may
             # forget it (a timed-out write stays "may have happened").
@@ -242,7 +383,8 @@ class AsyncClerk:
         outstanding[server] += 1
         try:
             if ((outstanding[server] > 1 or self._queued[server])
-                    and timeout >= self.rpc_timeout and self._batches[server]):
+                    and timeout >= self.rpc_timeout and self._batches[server]
+                    and method in _BATCHABLE):
                 return await self._enqueue(server, method, request)
             # Connected: send now and await the reply's future (no coroutine
             # per call); otherwise the channel's call() connects first.
@@ -392,17 +534,37 @@ class Clerk:
     def client_id(self) -> int:
         return self._async.client_id
 
-    def get(self, key: str, default: str = "") -> str:
+    @overload
+    def get(self, key: Data) -> bytes: ...
+
+    @overload
+    def get(self, key: Data, default: _T) -> bytes | _T: ...
+
+    def get(self, key: Data, default: object = b"") -> object:
+        """As ``AsyncClerk.get``: bytes, or ``default`` when absent."""
         return self._runner.run(self._async.get(key, default))
 
-    def put(self, key: str, value: str) -> None:
+    def put(self, key: Data, value: Data) -> None:
         self._runner.run(self._async.put(key, value))
 
-    def append(self, key: str, value: str) -> None:
+    def append(self, key: Data, value: Data) -> None:
         self._runner.run(self._async.append(key, value))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: Data) -> None:
         self._runner.run(self._async.delete(key))
+
+    def cas(self, key: Data, expected: Data | None, new: Data) -> bool:
+        """As ``AsyncClerk.cas``: True when it swapped."""
+        return self._runner.run(self._async.cas(key, expected, new))
+
+    def scan(self, start: Data = b"", end: Data | None = None,
+             limit: int | None = None) -> ScanResult:
+        """As ``AsyncClerk.scan``."""
+        return self._runner.run(self._async.scan(start, end, limit))
+
+    def scan_prefix(self, prefix: Data, limit: int | None = None) -> ScanResult:
+        """As ``AsyncClerk.scan_prefix``."""
+        return self._runner.run(self._async.scan_prefix(prefix, limit))
 
     def close(self) -> None:
         try:

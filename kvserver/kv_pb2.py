@@ -24,47 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kvserver/kv.proto\x12\x08kvserver\",\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\x04\"_\n\x08GetReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0bleader_hint\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"y\n\x10PutAppendRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x18\n\x02op\x18\x03 \x01(\x0e\x32\x0c.kvserver.Op\x12\x11\n\tclient_id\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x06 \x01(\x04\"V\n\x0ePutAppendReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"^\n\x0c\x42\x61tchRequest\x12\"\n\x04gets\x18\x01 \x03(\x0b\x32\x14.kvserver.GetRequest\x12*\n\x06writes\x18\x02 \x03(\x0b\x32\x1a.kvserver.PutAppendRequest\"\x9e\x01\n\nBatchReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12 \n\x04gets\x18\x03 \x03(\x0b\x32\x12.kvserver.GetReply\x12(\n\x06writes\x18\x04 \x03(\x0b\x32\x18.kvserver.PutAppendReply\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"#\n\x15TransferLeaderRequest\x12\n\n\x02to\x18\x01 \x01(\x05\"k\n\x13TransferLeaderReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12\x0e\n\x06leader\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\xe4\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12\x10\n\x08sessions\x18\x0b \x01(\x04\x12\x0c\n\x04keys\x18\x0c \x01(\x04\"\x9b\x01\n\x07\x43ommand\x12\x18\n\x02op\x18\x01 \x01(\x0e\x32\x0c.kvserver.Op\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x06 \x01(\x04\x12\x10\n\x08stamp_ms\x18\x07 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x08 \x01(\x04\"v\n\x07Session\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x61pplied_seqs\x18\x03 \x03(\x04\x12\x16\n\x0elast_active_ms\x18\x04 \x01(\x04\x12\x19\n\x11last_active_index\x18\x05 \x01(\x04\"\xaf\x01\n\nKvSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\r\x12,\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1e.kvserver.KvSnapshot.DataEntry\x12#\n\x08sessions\x18\x03 \x03(\x0b\x32\x11.kvserver.Session\x12\x10\n\x08\x63lock_ms\x18\x04 \x01(\x04\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*q\n\tErrorCode\x12\x06\n\x02OK\x10\x00\x12\n\n\x06NO_KEY\x10\x01\x12\x10\n\x0cWRONG_LEADER\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x11\n\rSHUTTING_DOWN\x10\x04\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x05\x12\r\n\tTOO_LARGE\x10\x06*%\n\x02Op\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x41PPEND\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x32\xc1\x02\n\x08KvServer\x12/\n\x03Get\x12\x14.kvserver.GetRequest\x1a\x12.kvserver.GetReply\x12\x41\n\tPutAppend\x12\x1a.kvserver.PutAppendRequest\x1a\x18.kvserver.PutAppendReply\x12\x38\n\x06Status\x12\x17.kvserver.StatusRequest\x1a\x15.kvserver.StatusReply\x12\x35\n\x05\x42\x61tch\x12\x16.kvserver.BatchRequest\x1a\x14.kvserver.BatchReply\x12P\n\x0eTransferLeader\x12\x1f.kvserver.TransferLeaderRequest\x1a\x1d.kvserver.TransferLeaderReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kvserver/kv.proto\x12\x08kvserver\",\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\x04\"_\n\x08GetReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0bleader_hint\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x9d\x01\n\x10PutAppendRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x18\n\x02op\x18\x03 \x01(\x0e\x32\x0c.kvserver.Op\x12\x11\n\tclient_id\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x06 \x01(\x04\x12\x15\n\x08\x65xpected\x18\x07 \x01(\x0cH\x00\x88\x01\x01\x42\x0b\n\t_expected\"g\n\x0ePutAppendReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0f\n\x07swapped\x18\x04 \x01(\x08\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"K\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x11\n\tclient_id\x18\x04 \x01(\x04\"\x96\x01\n\tScanReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12!\n\x05pairs\x18\x04 \x03(\x0b\x32\x12.kvserver.KeyValue\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x12\n\nnext_start\x18\x06 \x01(\x0c\"^\n\x0c\x42\x61tchRequest\x12\"\n\x04gets\x18\x01 \x03(\x0b\x32\x14.kvserver.GetRequest\x12*\n\x06writes\x18\x02 \x03(\x0b\x32\x1a.kvserver.PutAppendRequest\"\x9e\x01\n\nBatchReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12 \n\x04gets\x18\x03 \x03(\x0b\x32\x12.kvserver.GetReply\x12(\n\x06writes\x18\x04 \x03(\x0b\x32\x18.kvserver.PutAppendReply\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"#\n\x15TransferLeaderRequest\x12\n\n\x02to\x18\x01 \x01(\x05\"k\n\x13TransferLeaderReply\x12 \n\x03\x65rr\x18\x01 \x01(\x0e\x32\x13.kvserver.ErrorCode\x12\x13\n\x0bleader_hint\x18\x02 \x01(\x05\x12\x0e\n\x06leader\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\xe4\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12\x10\n\x08sessions\x18\x0b \x01(\x04\x12\x0c\n\x04keys\x18\x0c \x01(\x04\"\xbf\x01\n\x07\x43ommand\x12\x18\n\x02op\x18\x01 \x01(\x0e\x32\x0c.kvserver.Op\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x11\n\tclient_id\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x06 \x01(\x04\x12\x10\n\x08stamp_ms\x18\x07 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x08 \x01(\x04\x12\x15\n\x08\x65xpected\x18\t \x01(\x0cH\x00\x88\x01\x01\x42\x0b\n\t_expected\"\x8b\x01\n\x07Session\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x63k_seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x61pplied_seqs\x18\x03 \x03(\x04\x12\x16\n\x0elast_active_ms\x18\x04 \x01(\x04\x12\x19\n\x11last_active_index\x18\x05 \x01(\x04\x12\x13\n\x0b\x66\x61iled_seqs\x18\x06 \x03(\x04\"v\n\nKvSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\r\x12 \n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x12.kvserver.KeyValue\x12#\n\x08sessions\x18\x03 \x03(\x0b\x32\x11.kvserver.Session\x12\x10\n\x08\x63lock_ms\x18\x04 \x01(\x04*q\n\tErrorCode\x12\x06\n\x02OK\x10\x00\x12\n\n\x06NO_KEY\x10\x01\x12\x10\n\x0cWRONG_LEADER\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\x11\n\rSHUTTING_DOWN\x10\x04\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x05\x12\r\n\tTOO_LARGE\x10\x06*.\n\x02Op\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x41PPEND\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\x07\n\x03\x43\x41S\x10\x03\x32\xf5\x02\n\x08KvServer\x12/\n\x03Get\x12\x14.kvserver.GetRequest\x1a\x12.kvserver.GetReply\x12\x32\n\x04Scan\x12\x15.kvserver.ScanRequest\x1a\x13.kvserver.ScanReply\x12\x41\n\tPutAppend\x12\x1a.kvserver.PutAppendRequest\x1a\x18.kvserver.PutAppendReply\x12\x38\n\x06Status\x12\x17.kvserver.StatusRequest\x1a\x15.kvserver.StatusReply\x12\x35\n\x05\x42\x61tch\x12\x16.kvserver.BatchRequest\x1a\x14.kvserver.BatchReply\x12P\n\x0eTransferLeader\x12\x1f.kvserver.TransferLeaderRequest\x1a\x1d.kvserver.TransferLeaderReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvserver.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KVSNAPSHOT_DATAENTRY']._loaded_options = None
-  _globals['_KVSNAPSHOT_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_ERRORCODE']._serialized_start=1492
-  _globals['_ERRORCODE']._serialized_end=1605
-  _globals['_OP']._serialized_start=1607
-  _globals['_OP']._serialized_end=1644
+  _globals['_ERRORCODE']._serialized_start=1816
+  _globals['_ERRORCODE']._serialized_end=1929
+  _globals['_OP']._serialized_start=1931
+  _globals['_OP']._serialized_end=1977
   _globals['_GETREQUEST']._serialized_start=31
   _globals['_GETREQUEST']._serialized_end=75
   _globals['_GETREPLY']._serialized_start=77
   _globals['_GETREPLY']._serialized_end=172
-  _globals['_PUTAPPENDREQUEST']._serialized_start=174
-  _globals['_PUTAPPENDREQUEST']._serialized_end=295
-  _globals['_PUTAPPENDREPLY']._serialized_start=297
-  _globals['_PUTAPPENDREPLY']._serialized_end=383
-  _globals['_BATCHREQUEST']._serialized_start=385
-  _globals['_BATCHREQUEST']._serialized_end=479
-  _globals['_BATCHREPLY']._serialized_start=482
-  _globals['_BATCHREPLY']._serialized_end=640
-  _globals['_TRANSFERLEADERREQUEST']._serialized_start=642
-  _globals['_TRANSFERLEADERREQUEST']._serialized_end=677
-  _globals['_TRANSFERLEADERREPLY']._serialized_start=679
-  _globals['_TRANSFERLEADERREPLY']._serialized_end=786
-  _globals['_STATUSREQUEST']._serialized_start=788
-  _globals['_STATUSREQUEST']._serialized_end=803
-  _globals['_STATUSREPLY']._serialized_start=806
-  _globals['_STATUSREPLY']._serialized_end=1034
-  _globals['_COMMAND']._serialized_start=1037
-  _globals['_COMMAND']._serialized_end=1192
-  _globals['_SESSION']._serialized_start=1194
-  _globals['_SESSION']._serialized_end=1312
-  _globals['_KVSNAPSHOT']._serialized_start=1315
-  _globals['_KVSNAPSHOT']._serialized_end=1490
-  _globals['_KVSNAPSHOT_DATAENTRY']._serialized_start=1447
-  _globals['_KVSNAPSHOT_DATAENTRY']._serialized_end=1490
-  _globals['_KVSERVER']._serialized_start=1647
-  _globals['_KVSERVER']._serialized_end=1968
+  _globals['_PUTAPPENDREQUEST']._serialized_start=175
+  _globals['_PUTAPPENDREQUEST']._serialized_end=332
+  _globals['_PUTAPPENDREPLY']._serialized_start=334
+  _globals['_PUTAPPENDREPLY']._serialized_end=437
+  _globals['_KEYVALUE']._serialized_start=439
+  _globals['_KEYVALUE']._serialized_end=477
+  _globals['_SCANREQUEST']._serialized_start=479
+  _globals['_SCANREQUEST']._serialized_end=554
+  _globals['_SCANREPLY']._serialized_start=557
+  _globals['_SCANREPLY']._serialized_end=707
+  _globals['_BATCHREQUEST']._serialized_start=709
+  _globals['_BATCHREQUEST']._serialized_end=803
+  _globals['_BATCHREPLY']._serialized_start=806
+  _globals['_BATCHREPLY']._serialized_end=964
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=966
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1001
+  _globals['_TRANSFERLEADERREPLY']._serialized_start=1003
+  _globals['_TRANSFERLEADERREPLY']._serialized_end=1110
+  _globals['_STATUSREQUEST']._serialized_start=1112
+  _globals['_STATUSREQUEST']._serialized_end=1127
+  _globals['_STATUSREPLY']._serialized_start=1130
+  _globals['_STATUSREPLY']._serialized_end=1358
+  _globals['_COMMAND']._serialized_start=1361
+  _globals['_COMMAND']._serialized_end=1552
+  _globals['_SESSION']._serialized_start=1555
+  _globals['_SESSION']._serialized_end=1694
+  _globals['_KVSNAPSHOT']._serialized_start=1696
+  _globals['_KVSNAPSHOT']._serialized_end=1814
+  _globals['_KVSERVER']._serialized_start=1980
+  _globals['_KVSERVER']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

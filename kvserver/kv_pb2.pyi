@@ -71,12 +71,25 @@ class _OpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Op.ValueType], _bu
     PUT: _Op.ValueType  # 0
     APPEND: _Op.ValueType  # 1
     DELETE: _Op.ValueType  # 2
+    CAS: _Op.ValueType  # 3
+    """Compare-and-set: set `value` if the key's value is `expected` (or, with
+    no `expected`, if the key is absent); the reply's `swapped` says which.
+    """
 
-class Op(_Op, metaclass=_OpEnumTypeWrapper): ...
+class Op(_Op, metaclass=_OpEnumTypeWrapper):
+    """Keys and values are bytes everywhere (on the wire, in the log, in
+    snapshots). `bytes` and `string` share one wire encoding, so requests,
+    log entries and snapshots written when these fields were `string` read
+    the same now.
+    """
 
 PUT: Op.ValueType  # 0
 APPEND: Op.ValueType  # 1
 DELETE: Op.ValueType  # 2
+CAS: Op.ValueType  # 3
+"""Compare-and-set: set `value` if the key's value is `expected` (or, with
+no `expected`, if the key is absent); the reply's `swapped` says which.
+"""
 Global___Op: _TypeAlias = Op  # noqa: Y015
 
 @_typing.final
@@ -85,12 +98,12 @@ class GetRequest(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
-    key: _builtins.str
+    key: _builtins.bytes
     client_id: _builtins.int
     def __init__(
         self,
         *,
-        key: _builtins.str = ...,
+        key: _builtins.bytes = ...,
         client_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -110,7 +123,8 @@ class GetReply(_message.Message):
     LEADER_HINT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
-    value: _builtins.str
+    """OK, or NO_KEY (then value is empty)"""
+    value: _builtins.bytes
     leader_hint: _builtins.int
     error: _builtins.str
     """why, for BAD_REQUEST and TOO_LARGE"""
@@ -118,7 +132,7 @@ class GetReply(_message.Message):
         self,
         *,
         err: Global___ErrorCode.ValueType = ...,
-        value: _builtins.str = ...,
+        value: _builtins.bytes = ...,
         leader_hint: _builtins.int = ...,
         error: _builtins.str = ...,
     ) -> None: ...
@@ -140,8 +154,10 @@ class PutAppendRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     ACK_SEQ_FIELD_NUMBER: _builtins.int
-    key: _builtins.str
-    value: _builtins.str
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    value: _builtins.bytes
+    """PUT, APPEND: the value; CAS: the new value"""
     op: Global___Op.ValueType
     client_id: _builtins.int
     seq: _builtins.int
@@ -149,21 +165,26 @@ class PutAppendRequest(_message.Message):
     """The client's lowest sequence number whose reply it has not yet seen;
     the server forgets replies below it (Raft dissertation 6.3).
     """
+    expected: _builtins.bytes
+    """CAS only: the value the key must hold; unset: the key must be absent."""
     def __init__(
         self,
         *,
-        key: _builtins.str = ...,
-        value: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
         op: Global___Op.ValueType = ...,
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
         ack_seq: _builtins.int = ...,
+        expected: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "expected", b"expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "client_id", b"client_id", "key", b"key", "op", b"op", "seq", b"seq", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "ack_seq", b"ack_seq", "client_id", b"client_id", "expected", b"expected", "key", b"key", "op", b"op", "seq", b"seq", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected: _TypeAlias = _typing.Literal["expected"]  # noqa: Y015
+    _WhichOneofArgType__expected: _TypeAlias = _typing.Literal["_expected", b"_expected"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected) -> _WhichOneofReturnType__expected | None: ...
 
 Global___PutAppendRequest: _TypeAlias = PutAppendRequest  # noqa: Y015
 
@@ -174,24 +195,132 @@ class PutAppendReply(_message.Message):
     ERR_FIELD_NUMBER: _builtins.int
     LEADER_HINT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SWAPPED_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
     leader_hint: _builtins.int
     error: _builtins.str
     """why, for BAD_REQUEST and TOO_LARGE"""
+    swapped: _builtins.bool
+    """CAS only, with OK: whether it swapped. A retry of the same (client_id,
+    seq) gets the answer of the one time it was applied.
+    """
     def __init__(
         self,
         *,
         err: Global___ErrorCode.ValueType = ...,
         leader_hint: _builtins.int = ...,
         error: _builtins.str = ...,
+        swapped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint", "swapped", b"swapped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutAppendReply: _TypeAlias = PutAppendReply  # noqa: Y015
+
+@_typing.final
+class KeyValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    value: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
+
+@_typing.final
+class ScanRequest(_message.Message):
+    """A linearizable read of the keys in [start, end) in key order (bytewise),
+    at most `limit` pairs and a byte budget per page (kvserver/limits.py);
+    served through ReadIndex like Get. Each page is linearizable on its own;
+    a scan of many pages is not one snapshot.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    start: _builtins.bytes
+    """inclusive"""
+    end: _builtins.bytes
+    """exclusive; empty: no upper bound"""
+    limit: _builtins.int
+    """Most pairs in this page; 0: the server's default. The server may send
+    fewer (its page bounds: kvserver/limits.py), never none while the
+    range has a pair.
+    """
+    client_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.bytes = ...,
+        end: _builtins.bytes = ...,
+        limit: _builtins.int = ...,
+        client_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "end", b"end", "limit", b"limit", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanRequest: _TypeAlias = ScanRequest  # noqa: Y015
+
+@_typing.final
+class ScanReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERR_FIELD_NUMBER: _builtins.int
+    LEADER_HINT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    NEXT_START_FIELD_NUMBER: _builtins.int
+    err: Global___ErrorCode.ValueType
+    """OK, WRONG_LEADER, TIMEOUT, SHUTTING_DOWN, TOO_LARGE"""
+    leader_hint: _builtins.int
+    error: _builtins.str
+    """why, for TOO_LARGE"""
+    more: _builtins.bool
+    """True when the range holds more pairs than this page: scan again from
+    `next_start` (inclusive; the first key not returned) with the same end.
+    """
+    next_start: _builtins.bytes
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
+    def __init__(
+        self,
+        *,
+        err: Global___ErrorCode.ValueType = ...,
+        leader_hint: _builtins.int = ...,
+        error: _builtins.str = ...,
+        pairs: _abc.Iterable[Global___KeyValue] | None = ...,
+        more: _builtins.bool = ...,
+        next_start: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint", "more", b"more", "next_start", b"next_start", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanReply: _TypeAlias = ScanReply  # noqa: Y015
 
 @_typing.final
 class BatchRequest(_message.Message):
@@ -395,9 +524,10 @@ class Command(_message.Message):
     ACK_SEQ_FIELD_NUMBER: _builtins.int
     STAMP_MS_FIELD_NUMBER: _builtins.int
     MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
     op: Global___Op.ValueType
-    key: _builtins.str
-    value: _builtins.str
+    key: _builtins.bytes
+    value: _builtins.bytes
     client_id: _builtins.int
     seq: _builtins.int
     ack_seq: _builtins.int
@@ -412,23 +542,28 @@ class Command(_message.Message):
     every replica alike whatever its own setting. 0: no limit (commands
     written by versions before 0.4).
     """
+    expected: _builtins.bytes
+    """CAS: as in PutAppendRequest (unset: the key must be absent)."""
     def __init__(
         self,
         *,
         op: Global___Op.ValueType = ...,
-        key: _builtins.str = ...,
-        value: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
         client_id: _builtins.int = ...,
         seq: _builtins.int = ...,
         ack_seq: _builtins.int = ...,
         stamp_ms: _builtins.int = ...,
         max_value_bytes: _builtins.int = ...,
+        expected: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "expected", b"expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "client_id", b"client_id", "key", b"key", "max_value_bytes", b"max_value_bytes", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "ack_seq", b"ack_seq", "client_id", b"client_id", "expected", b"expected", "key", b"key", "max_value_bytes", b"max_value_bytes", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected: _TypeAlias = _typing.Literal["expected"]  # noqa: Y015
+    _WhichOneofArgType__expected: _TypeAlias = _typing.Literal["_expected", b"_expected"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected) -> _WhichOneofReturnType__expected | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
 
@@ -441,6 +576,7 @@ class Session(_message.Message):
     APPLIED_SEQS_FIELD_NUMBER: _builtins.int
     LAST_ACTIVE_MS_FIELD_NUMBER: _builtins.int
     LAST_ACTIVE_INDEX_FIELD_NUMBER: _builtins.int
+    FAILED_SEQS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
     ack_seq: _builtins.int
     last_active_ms: _builtins.int
@@ -448,6 +584,12 @@ class Session(_message.Message):
     @_builtins.property
     def applied_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """applied seqs >= ack_seq"""
+
+    @_builtins.property
+    def failed_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The seqs among applied_seqs whose CAS did not swap, so that a retry is
+        answered as the first time.
+        """
 
     def __init__(
         self,
@@ -457,10 +599,11 @@ class Session(_message.Message):
         applied_seqs: _abc.Iterable[_builtins.int] | None = ...,
         last_active_ms: _builtins.int = ...,
         last_active_index: _builtins.int = ...,
+        failed_seqs: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "applied_seqs", b"applied_seqs", "client_id", b"client_id", "last_active_index", b"last_active_index", "last_active_ms", b"last_active_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "applied_seqs", b"applied_seqs", "client_id", b"client_id", "failed_seqs", b"failed_seqs", "last_active_index", b"last_active_index", "last_active_ms", b"last_active_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,26 +613,6 @@ Global___Session: _TypeAlias = Session  # noqa: Y015
 class KvSnapshot(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class DataEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     VERSION_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
@@ -497,14 +620,19 @@ class KvSnapshot(_message.Message):
     version: _builtins.int
     clock_ms: _builtins.int
     @_builtins.property
-    def data(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]:
+        """In key order. Wire-identical to the `map<string, string> data = 2` of
+        earlier versions (a map is a repeated message of key = 1, value = 2;
+        bytes cannot be a map key).
+        """
+
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
-        data: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        data: _abc.Iterable[Global___KeyValue] | None = ...,
         sessions: _abc.Iterable[Global___Session] | None = ...,
         clock_ms: _builtins.int = ...,
     ) -> None: ...

@@ -114,13 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="snapshot when the Raft log passes this many bytes")
     defaults = Limits()
     parser.add_argument("--max-key-bytes", type=positive_int, default=defaults.max_key_bytes,
-                        help="largest key, in UTF-8 bytes (%(default)s)")
+                        help="largest key, in bytes (%(default)s)")
     parser.add_argument("--max-value-bytes", type=positive_int,
                         default=defaults.max_value_bytes,
-                        help="largest value a PUT sets or an APPEND leaves (%(default)s)")
+                        help="largest value a PUT or CAS sets or an APPEND leaves (%(default)s)")
     parser.add_argument("--max-request-bytes", type=positive_int, default=0,
                         help="largest request: one write, or a whole Batch (the larger of "
-                             "2 MiB and key + value limits)")
+                             "2 MiB and key + value limits); also the bytes of one Scan page")
     parser.add_argument("--max-client-connections", type=positive_int, default=None,
                         metavar="N",
                         help="refuse client connections beyond N (default: as many as fit "

@@ -1,17 +1,20 @@
 """The ``KvServer`` RPC service: client requests in, Raft operations out.
 
 Only the leader serves: a follower answers WRONG_LEADER with its best guess
-of the leader (no forwarding, as in the seed). Writes are proposed to Raft
-and answered once applied; reads go through ReadIndex (no log entry) and are
-answered from the local state machine once it has applied up to the read
-index, so a deposed or partitioned leader, which cannot get a quorum to
-confirm its leadership, never answers a read.
+of the leader (no forwarding, as in the seed). Writes (PUT, APPEND, DELETE,
+CAS) are proposed to Raft and answered once applied; reads (Get, Scan) go
+through ReadIndex (no log entry) and are answered from the local state
+machine once it has applied up to the read index, so a deposed or
+partitioned leader, which cannot get a quorum to confirm its leadership,
+never answers a read. A Scan page is bounded in pairs and bytes
+(``Limits.scan_page``) so its reply always fits in a frame.
 
 Every request is checked on arrival, before anything is proposed: a field
 the server cannot honour (seq 0, client_id 0, an unknown op, ack_seq above
-seq, a DELETE carrying a value, too many operations in a Batch) is refused
-with BAD_REQUEST, a size over a limit (``kvserver.limits``) with TOO_LARGE;
-both carry an ``error`` text and are never acknowledged and dropped.
+seq, a DELETE carrying a value, an ``expected`` on anything but a CAS, too
+many operations in a Batch) is refused with BAD_REQUEST, a size over a
+limit (``kvserver.limits``) with TOO_LARGE; both carry an ``error`` text
+and are never acknowledged and dropped.
 
 Each write carries a *cluster time* stamp for session expiry: the state
 machine's clock when this node became leader plus this node's monotonic
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 from kvserver import kv_pb2
-from kvserver.limits import Limits, utf8_size
+from kvserver.limits import SCAN_PAIR_OVERHEAD, Limits
 from kvserver.state_machine import Applied, KvStateMachine, encode_command
 from raft.core import NotLeader, ProposalDropped
 from raft.node import LeadershipLost, NodeStopped, RaftNode
@@ -41,7 +44,8 @@ log = logging.getLogger("kvserver.service")
 
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 
-R = TypeVar("R", kv_pb2.GetReply, kv_pb2.PutAppendReply, kv_pb2.BatchReply)
+R = TypeVar("R", kv_pb2.GetReply, kv_pb2.ScanReply, kv_pb2.PutAppendReply,
+            kv_pb2.BatchReply)
 #: What a handler returns: the reply now, or a future of it.
 Answer: TypeAlias = R | Promise[R]
 
@@ -110,16 +114,18 @@ class KvService:
         return max(self._sm.clock_ms, self._clock_base_ms + max(0, elapsed_ms))
 
     def _written(self, result: tuple[int, Applied]) -> kv_pb2.PutAppendReply:
-        """The reply for a write the node applied: (index, what apply did)."""
-        if result[1] is Applied.TOO_LARGE:
+        """The reply for a write the node applied: (index, what apply did).
+        ``swapped`` is what a CAS needs; other writes ignore it."""
+        applied = result[1]
+        if applied is Applied.TOO_LARGE:
             return kv_pb2.PutAppendReply(
                 err=kv_pb2.TOO_LARGE, leader_hint=-1,
                 error=f"the value this APPEND would leave is over the limit "
                       f"max_value_bytes={self.limits.max_value_bytes}")
-        return kv_pb2.PutAppendReply(err=kv_pb2.OK)
+        return kv_pb2.PutAppendReply(err=kv_pb2.OK, swapped=applied is not Applied.NOT_SWAPPED)
 
     def _command(self, request: kv_pb2.PutAppendRequest, stamp_ms: int) -> bytes:
-        return encode_command(kv_pb2.Command(
+        cmd = kv_pb2.Command(
             op=request.op,
             key=request.key,
             value=request.value,
@@ -128,7 +134,10 @@ class KvService:
             ack_seq=request.ack_seq,
             stamp_ms=stamp_ms,
             max_value_bytes=self.limits.max_value_bytes,
-        ))
+        )
+        if request.HasField("expected"):
+            cmd.expected = request.expected
+        return encode_command(cmd)
 
     # -- checks on arrival -------------------------------------------------
 
@@ -154,6 +163,8 @@ class KvService:
             problem = f"unknown op {request.op}"
         elif request.op == kv_pb2.DELETE and request.value:
             problem = "a DELETE carries no value"
+        elif request.op != kv_pb2.CAS and request.HasField("expected"):
+            problem = f"only a CAS carries an expected value (op {kv_pb2.Op.Name(request.op)})"
         else:
             limits = self.limits
             problem = limits.key_error(request.key) or limits.value_error(request.value)
@@ -161,11 +172,24 @@ class KvService:
                 # Checked again when applied (state_machine.py): appends
                 # still in the log may lengthen the value meanwhile.
                 problem = limits.appended_error(
-                    self._sm.value_size(request.key) + utf8_size(request.value))
+                    self._sm.value_size(request.key) + len(request.value))
+            elif problem is None and request.op == kv_pb2.CAS:
+                expected = request.expected
+                problem = limits.value_error(expected, "expected value") or \
+                    limits.request_error(len(request.key) + len(request.value) + len(expected))
             if problem is None:
                 return None
             return kv_pb2.PutAppendReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
         return kv_pb2.PutAppendReply(err=kv_pb2.BAD_REQUEST, error=problem, leader_hint=-1)
+
+    def _scan_refusal(self, request: kv_pb2.ScanRequest) -> kv_pb2.ScanReply | None:
+        """The TOO_LARGE reply for a Scan whose bounds are longer than any
+        key may be (an on-disk store could not seek to them), else None."""
+        problem = (self.limits.key_error(request.start, "scan start")
+                   or self.limits.key_error(request.end, "scan end"))
+        if problem is None:
+            return None
+        return kv_pb2.ScanReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
 
     def _batch_refusal(self, request: kv_pb2.BatchRequest) -> kv_pb2.BatchReply | None:
         """A refusal of a whole Batch (too many operations or bytes), else None."""
@@ -250,10 +274,41 @@ class KvService:
             # is linearizable for this read.
             v = self._sm.get(key)
             if v is None:
-                return kv_pb2.GetReply(err=kv_pb2.NO_KEY, value="")
+                return kv_pb2.GetReply(err=kv_pb2.NO_KEY)
             return kv_pb2.GetReply(err=kv_pb2.OK, value=v)
 
         return self._answer(read, kv_pb2.GetReply, value)
+
+    @returns_future
+    def Scan(self, request: kv_pb2.ScanRequest) -> Answer[kv_pb2.ScanReply]:
+        """One page of the pairs in [start, end) in key order, read like
+        ``Get`` (ReadIndex, then the state machine): at most the request's
+        limit (0: ``DEFAULT_SCAN_LIMIT``) and the limits' page bounds; with
+        ``more`` and ``next_start`` when the range goes on."""
+        refused = self._serving(kv_pb2.ScanReply) or self._scan_refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            read = self._node.read_index_future()
+        except (NotLeader, NodeStopped) as exc:
+            return self._refusal(exc, kv_pb2.ScanReply)
+        start, end = request.start, request.end or None
+        limit, max_bytes = self.limits.scan_page(request.limit)
+
+        def page(_: int) -> kv_pb2.ScanReply:
+            # Applied up to the read index (or later): linearizable, as Get.
+            pairs, next_start = self._sm.scan(start, end, limit, max_bytes,
+                                              overhead=SCAN_PAIR_OVERHEAD)
+            reply = kv_pb2.ScanReply(err=kv_pb2.OK)
+            add = reply.pairs.add
+            for key, value in pairs:
+                add(key=key, value=value)
+            if next_start is not None:
+                reply.more = True
+                reply.next_start = next_start
+            return reply
+
+        return self._answer(read, kv_pb2.ScanReply, page)
 
     @returns_future
     def PutAppend(self, request: kv_pb2.PutAppendRequest) -> Answer[kv_pb2.PutAppendReply]:
@@ -326,7 +381,7 @@ class KvService:
             future.add_done_callback(settle)
         return reply
 
-    def _read_replies(self, keys: list[str], read: Promise[int] | None) -> list[kv_pb2.GetReply]:
+    def _read_replies(self, keys: list[bytes], read: Promise[int] | None) -> list[kv_pb2.GetReply]:
         """One reply per key, once ``read`` (their ReadIndex round) is settled."""
         if not keys:
             return []

@@ -64,73 +64,110 @@ class RawClient:
 class Session:
     ack_seq: int = 1
     applied: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)  # CAS seqs that did not swap
 
 
 @dataclass
 class Model:
     """What the store must hold: kvserver/state_machine.py's rules, restated."""
 
-    data: dict[str, str] = field(default_factory=dict)
+    data: dict[bytes, bytes] = field(default_factory=dict)
     sessions: dict[int, Session] = field(default_factory=dict)
 
-    def expect_write(self, r: kv_pb2.PutAppendRequest) -> int:
+    def expect_write(self, r: kv_pb2.PutAppendRequest) -> tuple[int, bool]:
+        """(err, swapped): swapped matters for an OK CAS only."""
         if (r.client_id == 0 or r.seq == 0 or r.ack_seq > r.seq
-                or r.op not in kv_pb2.Op.values() or (r.op == kv_pb2.DELETE and r.value)):
-            return kv_pb2.BAD_REQUEST
-        old = self.data.get(r.key, "")
-        if (size(r.key) > MAX_KEY or size(r.value) > MAX_VALUE
-                or (r.op == kv_pb2.APPEND and size(old) + size(r.value) > MAX_VALUE)):
-            return kv_pb2.TOO_LARGE
+                or r.op not in kv_pb2.Op.values() or (r.op == kv_pb2.DELETE and r.value)
+                or (r.op != kv_pb2.CAS and r.HasField("expected"))):
+            return kv_pb2.BAD_REQUEST, False
+        old = self.data.get(r.key, b"")
+        if (len(r.key) > MAX_KEY or len(r.value) > MAX_VALUE or len(r.expected) > MAX_VALUE
+                or (r.op == kv_pb2.APPEND and len(old) + len(r.value) > MAX_VALUE)):
+            return kv_pb2.TOO_LARGE, False
         session = self.sessions.setdefault(r.client_id, Session())
         session.ack_seq = max(session.ack_seq, r.ack_seq)
-        if r.seq < session.ack_seq or r.seq in session.applied:
-            return kv_pb2.OK  # a duplicate: acknowledged, not applied again
+        if r.seq < session.ack_seq:
+            return kv_pb2.OK, True  # a duplicate: acknowledged, not applied again
+        if r.seq in session.applied:
+            return kv_pb2.OK, r.seq not in session.failed  # the first answer again
         session.applied.add(r.seq)
         if r.op == kv_pb2.PUT:
             self.data[r.key] = r.value
         elif r.op == kv_pb2.APPEND:
             self.data[r.key] = old + r.value
-        else:
+        elif r.op == kv_pb2.DELETE:
             self.data.pop(r.key, None)
-        return kv_pb2.OK
+        elif self.data.get(r.key) == (r.expected if r.HasField("expected") else None):
+            self.data[r.key] = r.value  # a CAS that swaps
+        else:
+            session.failed.add(r.seq)
+            return kv_pb2.OK, False
+        return kv_pb2.OK, True
 
-    def expect_get(self, r: kv_pb2.GetRequest) -> tuple[int, str]:
-        if size(r.key) > MAX_KEY:
-            return kv_pb2.TOO_LARGE, ""
+    def expect_scan(self, r: kv_pb2.ScanRequest) -> kv_pb2.ScanReply:
+        """The page: the limit (0: 1000, at most 10,000) and a byte budget of
+        MAX_REQUEST (each pair its key, value and 16 bytes; at least one)."""
+        if len(r.start) > MAX_KEY or len(r.end) > MAX_KEY:
+            return kv_pb2.ScanReply(err=kv_pb2.TOO_LARGE)
+        keys = sorted(k for k in self.data if k >= r.start and (not r.end or k < r.end))
+        reply = kv_pb2.ScanReply(err=kv_pb2.OK)
+        size, limit = 0, min(r.limit or 1000, 10_000)
+        for key in keys:
+            size += len(key) + len(self.data[key]) + 16
+            if len(reply.pairs) == limit or (reply.pairs and size > MAX_REQUEST):
+                reply.more, reply.next_start = True, key
+                break
+            reply.pairs.add(key=key, value=self.data[key])
+        return reply
+
+    def expect_get(self, r: kv_pb2.GetRequest) -> tuple[int, bytes]:
+        if len(r.key) > MAX_KEY:
+            return kv_pb2.TOO_LARGE, b""
         if r.key not in self.data:
-            return kv_pb2.NO_KEY, ""
+            return kv_pb2.NO_KEY, b""
         return kv_pb2.OK, self.data[r.key]
-
-
-def size(text: str) -> int:
-    return len(text.encode("utf-8"))
 
 
 def around(limit: int) -> st.SearchStrategy[int]:
     return st.sampled_from([0, 1, limit - 1, limit, limit + 1, 2 * limit])
 
 
-def text_of(lengths: st.SearchStrategy[int]) -> st.SearchStrategy[str]:
-    # A few keys, so writes and reads meet; "é" is two UTF-8 bytes.
-    return st.builds(lambda n, c: (c * n)[:n] if c == "k" else c * (n // len(c.encode())),
-                     lengths, st.sampled_from(["k", "q", "é"]))
+def bytes_of(lengths: st.SearchStrategy[int]) -> st.SearchStrategy[bytes]:
+    # A few keys, so writes and reads meet; "é" is two UTF-8 bytes, 0xff
+    # is no UTF-8 at all.
+    return st.builds(lambda n, c: c * (n // len(c)), lengths,
+                     st.sampled_from([b"k", b"q", "é".encode(), b"\xff", b"\x00"]))
+
+
+def write(key: bytes, value: bytes, op: int, client_id: int, seq: int, ack: int,
+          expected: bytes | None) -> kv_pb2.PutAppendRequest:
+    request = kv_pb2.PutAppendRequest(
+        key=key, value=value if op != kv_pb2.DELETE or ack % 2 else b"", op=op,  # type: ignore[arg-type]
+        client_id=client_id, seq=seq, ack_seq=ack)
+    if expected is not None:
+        request.expected = expected
+    return request
 
 
 edge_u64 = st.sampled_from([0, 1, 2, 3, 1 << 32, 1 << 63, U64])
 client_ids = st.sampled_from([0, 1, 2, 1 << 63, U64])
-ops = st.sampled_from([kv_pb2.PUT, kv_pb2.APPEND, kv_pb2.DELETE, 3, 1 << 20, -1])
-writes = st.builds(
-    lambda key, value, op, client_id, seq, ack: kv_pb2.PutAppendRequest(
-        key=key, value=value if op != kv_pb2.DELETE or ack % 2 else "", op=op,
-        client_id=client_id, seq=seq, ack_seq=ack),
-    text_of(around(MAX_KEY)), text_of(around(MAX_VALUE)), ops, client_ids, edge_u64, edge_u64)
+ops = st.sampled_from([kv_pb2.PUT, kv_pb2.APPEND, kv_pb2.DELETE, kv_pb2.CAS, kv_pb2.CAS,
+                       4, 1 << 20, -1])
+expecteds = st.one_of(st.none(), st.none(), bytes_of(around(MAX_VALUE)))
+writes = st.builds(write, bytes_of(around(MAX_KEY)), bytes_of(around(MAX_VALUE)), ops,
+                   client_ids, edge_u64, edge_u64, expecteds)
 gets = st.builds(lambda key, cid: kv_pb2.GetRequest(key=key, client_id=cid),
-                 text_of(around(MAX_KEY)), edge_u64)
+                 bytes_of(around(MAX_KEY)), edge_u64)
+scans = st.builds(lambda start, end, limit: kv_pb2.ScanRequest(start=start, end=end, limit=limit),
+                  bytes_of(around(MAX_KEY)), bytes_of(around(MAX_KEY)),
+                  st.sampled_from([0, 1, 2, 3, 1000, (1 << 32) - 1]))
 garbage = st.binary(min_size=1, max_size=80)
 actions = st.one_of(
     st.tuples(st.just("PutAppend"), writes),
     st.tuples(st.just("Get"), gets),
-    st.tuples(st.sampled_from(["PutAppend", "Get", "Batch", "TransferLeader"]), garbage),
+    st.tuples(st.just("Scan"), scans),
+    st.tuples(st.sampled_from(["PutAppend", "Get", "Scan", "Batch", "TransferLeader"]),
+              garbage),
     st.tuples(st.just("NoSuchMethod"), garbage),
 )
 
@@ -180,6 +217,7 @@ def test_every_request_gets_its_documented_answer(
 
 def parse(method: str, body: bytes) -> Any:
     types = {"PutAppend": kv_pb2.PutAppendRequest, "Get": kv_pb2.GetRequest,
+             "Scan": kv_pb2.ScanRequest,
              "Batch": kv_pb2.BatchRequest, "TransferLeader": kv_pb2.TransferLeaderRequest}
     try:
         return types[method].FromString(body)
@@ -190,12 +228,21 @@ def parse(method: str, body: bytes) -> Any:
 def check(method: str, request: Any, body: bytes) -> None:
     if method == "PutAppend":
         reply = kv_pb2.PutAppendReply.FromString(body)
-        assert reply.err == MODEL.expect_write(request), (request, reply)
+        err, swapped = MODEL.expect_write(request)
+        assert reply.err == err, (request, reply)
         if reply.err in (kv_pb2.BAD_REQUEST, kv_pb2.TOO_LARGE):
             assert reply.error
+        if reply.err == kv_pb2.OK and request.op == kv_pb2.CAS:
+            assert reply.swapped == swapped, (request, reply)
     elif method == "Get":
         reply = kv_pb2.GetReply.FromString(body)
         assert (reply.err, reply.value) == MODEL.expect_get(request), (request, reply)
+    elif method == "Scan":
+        reply = kv_pb2.ScanReply.FromString(body)
+        assert bool(reply.error) == (reply.err == kv_pb2.TOO_LARGE), reply
+        reply.ClearField("error")
+        reply.leader_hint = 0
+        assert reply == MODEL.expect_scan(request), (request, reply)
     elif method == "Batch":
         batch = kv_pb2.BatchReply.FromString(body)
         if batch.err != kv_pb2.OK:
@@ -205,7 +252,7 @@ def check(method: str, request: Any, body: bytes) -> None:
         # only when no two touch the same key or client.
         for w, r in zip(request.writes, batch.writes, strict=True):
             if r.err == kv_pb2.BAD_REQUEST:
-                assert MODEL.expect_write(w) == kv_pb2.BAD_REQUEST
+                assert MODEL.expect_write(w)[0] == kv_pb2.BAD_REQUEST
         for w, r in zip(request.writes, batch.writes, strict=True):
             if r.err == kv_pb2.OK:
                 MODEL.expect_write(w)

@@ -26,7 +26,7 @@ HOURS_10 = 10 * 3600.0
 
 
 def append(seq: int) -> kv_pb2.PutAppendRequest:
-    return kv_pb2.PutAppendRequest(key="log", value="x", op=kv_pb2.APPEND,
+    return kv_pb2.PutAppendRequest(key=b"log", value=b"x", op=kv_pb2.APPEND,
                                    client_id=4242, seq=seq, ack_seq=1)
 
 
@@ -62,10 +62,10 @@ def test_a_leader_whose_wall_clock_jumps_expires_no_session(
         # The client retries seq 1 (its reply was "lost"): still a duplicate.
         assert asyncio.run(send(address, append(1))) == kv_pb2.OK
 
-        async def read() -> str:
+        async def read() -> bytes:
             async with AsyncClerk(cluster.addresses, timeout=20.0) as ck:
                 return await ck.get("log")
 
-        assert asyncio.run(read()) == "x"
+        assert asyncio.run(read()) == b"x"
         assert wait_leader(cluster) == leader
         assert all(s is not None for s in statuses(cluster))

@@ -85,7 +85,7 @@ def test_idle_connections_past_the_cap_do_not_starve_storage(tmp_path: Path) -> 
                 # node snapshots while clients hold all the slots they may.
                 for i in range(300):
                     ck.put(f"k{i % 50}", "v" * 100)
-                assert ck.get("k49") == "v" * 100
+                assert ck.get("k49") == b"v" * 100
                 assert all(p.poll() is None for p in cluster.procs.values())
         # With the flood gone, the nodes answer a new connection at once.
         poll_until(lambda: all(s is not None and s.snapshot_index > 0 for s in statuses(cluster)),

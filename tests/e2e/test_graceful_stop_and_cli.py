@@ -58,7 +58,7 @@ def test_sigterm_leader_hands_over_to_a_follower_and_exits_0(tmp_path: Path) -> 
         assert term_of(cluster, new) == term + 1
         assert "shut down cleanly" in log and "Traceback" not in log
         with Clerk(cluster.addresses, timeout=20.0) as ck:
-            assert ck.get("k") == "v"
+            assert ck.get("k") == b"v"
 
 
 def _launcher_pids(launcher: subprocess.Popen[str], n: int) -> list[int]:
@@ -173,15 +173,18 @@ def test_interrupted_bench_ends_its_progress_line(cluster: Cluster) -> None:
     assert err.endswith("\ncallerMain: error: interrupted\n"), repr(err[-200:])
 
 
-def test_caller_main_refuses_non_utf8_arguments(tmp_path: Path) -> None:
+def test_caller_main_refuses_arguments_that_are_not_hex_with_hex(tmp_path: Path) -> None:
+    # (Without --hex any argument goes: non-UTF-8 bytes are taken as they
+    # are, tests/e2e/test_bytes_scan_cas_e2e.py.)
     conf = tmp_path / "dead.conf"
     conf.write_text("node0ip=127.0.0.1\nnode0port=9\n")
-    for args in (["put", "\udcff", "v"], ["put", "k", "a\udcffb"], ["get", "\udcfe"]):
+    for args in (["--hex", "put", "zz", "00"], ["put", "--hex", "00", "0"],
+                 ["get", "abc", "--hex"], ["--hex", "scan", "\udcff"]):
         done = subprocess.run([sys.executable, *CALLER, "-f", str(conf), *args],
                               capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         assert done.returncode == 2, done.stderr
         line = one_error_line(done.stderr.decode(), "callerMain")
-        assert "not valid UTF-8" in line
+        assert "is not hex" in line, line
 
 
 def _dead_port() -> int:

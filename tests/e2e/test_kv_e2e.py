@@ -33,9 +33,10 @@ def test_put_get_append_delete_through_caller_main_and_clerk(tmp_path: Path) -> 
             ck.put("a", "1")
             ck.append("a", "2")
             ck.append("new", "x")  # append to a missing key starts from ""
-            assert ck.get("a") == "12"
-            assert ck.get("new") == "x"
-            assert ck.get("nope", default="-") == "-"
+            assert ck.get("a") == b"12"
+            assert ck.get("new") == b"x"
+            assert ck.get("nope") == b""  # a missing key reads as b""
+            assert ck.get("nope", default=None) is None
 
         # Over a limit: one line naming it, exit 2, no retry loop.
         big = run_cli(*CALLER, "-f", conf, "put", "k" * 512, "v")
@@ -83,7 +84,7 @@ def test_leader_kill9_under_load_loses_no_acknowledged_write(tmp_path: Path) -> 
             stop.set()
             thread.join(60)
         with Clerk(cluster.addresses, timeout=20.0) as ck:
-            logs = "".join(ck.get(f"log{w}") for w in range(8))
+            logs = b"".join(ck.get(f"log{w}") for w in range(8)).decode()
         for value in acked:
             assert logs.count(value) == 1, f"acknowledged {value!r} lost or doubled"
 
@@ -101,8 +102,8 @@ def test_kill9_all_nodes_and_restart_keeps_everything(tmp_path: Path) -> None:
             cluster.start_node(i)
         wait_leader(cluster)
         with Clerk(cluster.addresses, timeout=20.0) as ck:
-            assert [ck.get(f"k{i}") for i in range(100)] == [f"v{i}" for i in range(100)]
-            assert ck.get("acc") == "a"
+            assert [ck.get(f"k{i}") for i in range(100)] == [b"v%d" % i for i in range(100)]
+            assert ck.get("acc") == b"a"
 
 
 def test_follower_down_past_compaction_catches_up_by_snapshot(tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def test_lost_reply_retry_applies_once(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         leader = wait_leader(cluster)
 
-        async def scenario() -> str:
+        async def scenario() -> bytes:
             proxy = _ReplyDroppingProxy(cluster.addresses[leader])
             port = await proxy.start()
             servers = list(cluster.addresses)
@@ -180,7 +181,7 @@ def test_lost_reply_retry_applies_once(tmp_path: Path) -> None:
             proxy.server.close()
             return value
 
-        assert asyncio.run(scenario()) == "x"
+        assert asyncio.run(scenario()) == b"x"
 
 
 def test_bad_configs_and_command_lines_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -293,7 +294,7 @@ def test_sigterm_and_sigint_stop_a_node_cleanly(tmp_path: Path) -> None:
         try:
             with Clerk.from_config(conf, timeout=20.0) as ck:  # a 1-node cluster serves
                 ck.put("k", "v")
-                assert ck.get("k") == "v"
+                assert ck.get("k") == b"v"
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=20)
         finally:

@@ -55,7 +55,12 @@ async def stub_for(node: KvNode) -> AsyncIterator[Any]:
         await channel.close()
 
 
-def put(key: str, value: str, seq: int, *, client_id: int = 7,
+def put(key: str | bytes, value: str | bytes, seq: int, *, client_id: int = 7,
         op: int = kv_pb2.PUT) -> kv_pb2.PutAppendRequest:
-    return kv_pb2.PutAppendRequest(key=key, value=value, op=op,  # type: ignore[arg-type]
+    """A raw write request; text is sent as UTF-8."""
+    return kv_pb2.PutAppendRequest(key=_b(key), value=_b(value), op=op,  # type: ignore[arg-type]
                                    client_id=client_id, seq=seq, ack_seq=1)
+
+
+def _b(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data

@@ -27,16 +27,16 @@ async def test_batch_answers_each_operation_in_request_order(tmp_path: Path) -> 
         async with stub_for(leader) as stub:
             first = await stub.Batch(kv_pb2.BatchRequest(
                 writes=[put("a", "1", 1), put("b", "2", 2), put("a", "+", 3, op=kv_pb2.APPEND)],
-                gets=[kv_pb2.GetRequest(key="missing")],
+                gets=[kv_pb2.GetRequest(key=b"missing")],
             ), timeout=WAIT)
             assert first.err == kv_pb2.OK
             assert [w.err for w in first.writes] == [kv_pb2.OK] * 3
             assert [g.err for g in first.gets] == [kv_pb2.NO_KEY]
             second = await stub.Batch(kv_pb2.BatchRequest(
-                gets=[kv_pb2.GetRequest(key=k) for k in ("b", "missing", "a")],
+                gets=[kv_pb2.GetRequest(key=k) for k in (b"b", b"missing", b"a")],
             ), timeout=WAIT)
             assert [(g.err, g.value) for g in second.gets] == [
-                (kv_pb2.OK, "2"), (kv_pb2.NO_KEY, ""), (kv_pb2.OK, "1+")]
+                (kv_pb2.OK, b"2"), (kv_pb2.NO_KEY, b""), (kv_pb2.OK, b"1+")]
             assert not second.writes
             empty = await stub.Batch(kv_pb2.BatchRequest(), timeout=WAIT)
             assert (empty.err, len(empty.gets), len(empty.writes)) == (kv_pb2.OK, 0, 0)
@@ -53,9 +53,9 @@ async def test_a_retried_batch_applies_each_write_once(tmp_path: Path) -> None:
             for _ in range(2):  # the first reply "lost": the clerk sends it again
                 reply = await stub.Batch(batch, timeout=WAIT)
                 assert [w.err for w in reply.writes] == [kv_pb2.OK, kv_pb2.OK]
-            got = await stub.Batch(kv_pb2.BatchRequest(gets=[kv_pb2.GetRequest(key="log")]),
+            got = await stub.Batch(kv_pb2.BatchRequest(gets=[kv_pb2.GetRequest(key=b"log")]),
                                    timeout=WAIT)
-        assert got.gets[0].value in ("xy", "yx") and len(got.gets[0].value) == 2
+        assert got.gets[0].value in (b"xy", b"yx") and len(got.gets[0].value) == 2
 
 
 async def test_a_follower_refuses_the_whole_batch_with_a_hint(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ async def test_a_follower_refuses_the_whole_batch_with_a_hint(tmp_path: Path) ->
                 await asyncio.sleep(0.01)
         async with stub_for(follower) as stub:
             reply = await stub.Batch(kv_pb2.BatchRequest(
-                writes=[put("k", "v", 1)], gets=[kv_pb2.GetRequest(key="k")]), timeout=WAIT)
+                writes=[put("k", "v", 1)], gets=[kv_pb2.GetRequest(key=b"k")]), timeout=WAIT)
         assert (reply.err, reply.leader_hint) == (kv_pb2.WRONG_LEADER, leader.id)
         assert not reply.writes and not reply.gets
 
@@ -81,7 +81,7 @@ async def test_a_leader_without_quorum_answers_every_operation_not_ok(tmp_path: 
         async with stub_for(leader) as stub:
             reply = await stub.Batch(kv_pb2.BatchRequest(
                 writes=[put("k", str(i), i + 1) for i in range(3)],
-                gets=[kv_pb2.GetRequest(key="k")] * 2), timeout=WAIT)
+                gets=[kv_pb2.GetRequest(key=b"k")] * 2), timeout=WAIT)
     if reply.err == kv_pb2.OK:  # (else it had stepped down already: refused whole)
         assert len(reply.writes) == 3 and len(reply.gets) == 2
         errs = {r.err for r in [*reply.writes, *reply.gets]}
@@ -115,10 +115,10 @@ async def test_one_clerks_concurrent_operations_travel_in_batches(
             async def worker(w: int) -> None:
                 for i in range(5):
                     await ck.append(f"k{w % 8}", f"{w}.{i};")
-                    assert f"{w}.{i};" in await ck.get(f"k{w % 8}")
+                    assert f"{w}.{i};".encode() in await ck.get(f"k{w % 8}")
 
             await asyncio.gather(*(worker(w) for w in range(workers)))
-            values = [await ck.get(f"k{k}") for k in range(8)]
+            values = [(await ck.get(f"k{k}")).decode() for k in range(8)]
     assert calls, "no Batch call was made"
     assert max(calls) <= MAX_BATCH
     assert sum(calls) > workers  # most operations went in batches
@@ -136,7 +136,7 @@ def recording_clerk(n_servers: int) -> tuple[AsyncClerk, list[list[str]]]:
 
 
 def a_get_and_a_put(loop: asyncio.AbstractEventLoop) -> list[Any]:
-    return [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1),
+    return [("Get", kv_pb2.GetRequest(key=b"a"), loop.create_future(), 1),
             ("PutAppend", put("b", "1", 1), loop.create_future(), 1)]
 
 
@@ -146,7 +146,7 @@ async def test_a_mismatched_batch_reply_is_retried_operation_by_operation() -> N
     ops = a_get_and_a_put(loop)
     call = loop.create_future()
     call.set_result(kv_pb2.BatchReply(
-        gets=[kv_pb2.GetReply(value="x"), kv_pb2.GetReply()]).SerializeToString())
+        gets=[kv_pb2.GetReply(value=b"x"), kv_pb2.GetReply()]).SerializeToString())
     ck._settle(0, ops, kv_pb2.BatchReply, call)
     assert resent == [["Get"], ["PutAppend"]]
     assert not any(op[2].done() for op in ops)
@@ -158,7 +158,7 @@ async def test_a_mismatched_batch_reply_is_retried_operation_by_operation() -> N
     for _, _, future, _ in ops:
         assert (future.result().err, future.result().leader_hint) == (kv_pb2.WRONG_LEADER, 2)
 
-    lone = [("Get", kv_pb2.GetRequest(key="a"), loop.create_future(), 1)]
+    lone = [("Get", kv_pb2.GetRequest(key=b"a"), loop.create_future(), 1)]
     failed = loop.create_future()
     failed.set_exception(RpcError(Status.DEADLINE_EXCEEDED, "late"))
     ck._settle(0, lone, kv_pb2.GetReply, failed)
@@ -201,7 +201,7 @@ async def test_operations_too_large_for_one_frame_together_go_one_by_one(
                 return_exceptions=True)
             assert results[0] is None and results[2] is None
             assert isinstance(results[1], TooLarge)
-            assert await ck.get("s2") == "z" and await ck.get("huge") == ""
+            assert await ck.get("s2") == b"z" and await ck.get("huge") == b""
 
 
 async def test_a_server_without_batch_gets_every_operation_alone() -> None:

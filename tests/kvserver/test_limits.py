@@ -50,11 +50,13 @@ def test_default_limits_fit_in_a_frame_and_bad_combinations_are_refused() -> Non
         Limits(max_key_bytes=0).validate()
 
 
-def test_sizes_count_utf8_bytes() -> None:
+def test_sizes_count_bytes() -> None:
     limits = Limits(max_key_bytes=4)
-    assert limits.key_error("abcd") is None
-    assert limits.key_error("abé") is None  # 4 bytes
-    assert limits.key_error("abcé") == "key is 5 bytes, over the limit max_key_bytes=4"
+    assert limits.key_error(b"abcd") is None
+    assert limits.key_error("abé".encode()) is None  # 4 bytes
+    assert limits.key_error("abcé".encode()) == "key is 5 bytes, over the limit max_key_bytes=4"
+    assert limits.key_error(b"\x00" * 5, "scan start") == (
+        "scan start is 5 bytes, over the limit max_key_bytes=4")
 
 
 # -- at the edges, through the clerk --------------------------------------------
@@ -63,10 +65,10 @@ async def test_keys_and_values_at_limit_minus_one_limit_and_plus_one(tmp_path: P
     async with cluster(tmp_path, limits=SMALL) as nodes, clerk_for(nodes) as ck:
         for size in (15, 16):
             await ck.put("k" * size, "v")
-            assert await ck.get("k" * size) == "v"
+            assert await ck.get("k" * size) == b"v"
         for size in (63, 64):
             await ck.put("v", "x" * size)
-            assert await ck.get("v") == "x" * size
+            assert await ck.get("v") == b"x" * size
         with pytest.raises(TooLarge, match="max_key_bytes=16"):
             await ck.put("k" * 17, "v")
         with pytest.raises(TooLarge, match="max_key_bytes=16"):
@@ -75,7 +77,7 @@ async def test_keys_and_values_at_limit_minus_one_limit_and_plus_one(tmp_path: P
             await ck.put("v", "x" * 65)
         with pytest.raises(TooLarge, match="max_value_bytes=64"):
             await ck.put("v", "é" * 33)  # 66 bytes in 33 characters
-        assert await ck.get("v") == "x" * 64  # the refused puts left no trace
+        assert await ck.get("v") == b"x" * 64  # the refused puts left no trace
         assert_all_running(nodes)
 
 
@@ -86,7 +88,7 @@ async def test_appends_stop_at_the_value_limit_even_when_racing(tmp_path: Path) 
         with pytest.raises(TooLarge, match="APPEND would leave"):
             await ck.append("a", "x" * 5)  # 65 bytes
         await ck.append("a", "x" * 4)  # exactly 64
-        assert await ck.get("a") == "x" * 64
+        assert await ck.get("a") == b"x" * 64
         # Many appends in flight at once: the leader's check on arrival sees
         # the value before any of them, so the state machine's check when
         # applying is what holds the limit.
@@ -94,7 +96,7 @@ async def test_appends_stop_at_the_value_limit_even_when_racing(tmp_path: Path) 
                                        return_exceptions=True)
         done = sum(r is None for r in results)
         assert all(r is None or isinstance(r, TooLarge) for r in results), results
-        assert done == 6 and await ck.get("b") == "y" * 60
+        assert done == 6 and await ck.get("b") == b"y" * 60
         assert_all_running(nodes)
 
 
@@ -115,7 +117,7 @@ async def test_a_value_just_under_the_frame_limit_is_refused_not_fatal(tmp_path:
             await ck.append("edge", "v")
         assert len(await ck.get("edge")) == limit
         await ck.put("after", "ok")
-        assert await ck.get("after") == "ok"
+        assert await ck.get("after") == b"ok"
         assert_all_running(nodes)
 
 
@@ -126,7 +128,7 @@ BAD_WRITES = {
     "client_id 0": (put("k", "v", 1, client_id=0), "client_id must not be 0"),
     "unknown op": (put("k", "v", 1, op=9), "unknown op 9"),
     "ack_seq above seq": (
-        kv_pb2.PutAppendRequest(key="k", value="v", client_id=7, seq=3, ack_seq=4),
+        kv_pb2.PutAppendRequest(key=b"k", value=b"v", client_id=7, seq=3, ack_seq=4),
         "ack_seq 4 is above seq 3"),
     "delete with a value": (put("k", "v", 1, op=kv_pb2.DELETE), "a DELETE carries no value"),
 }
@@ -141,13 +143,13 @@ async def test_a_write_the_server_cannot_apply_is_refused_never_dropped(
         async with stub_for(leader) as stub:
             reply = await stub.PutAppend(request, timeout=WAIT)
             assert reply.err == kv_pb2.BAD_REQUEST and why in reply.error
-            got = await stub.Get(kv_pb2.GetRequest(key="k", client_id=7), timeout=WAIT)
+            got = await stub.Get(kv_pb2.GetRequest(key=b"k", client_id=7), timeout=WAIT)
             assert got.err == kv_pb2.NO_KEY
             # The client's session is not poisoned: its first real write applies.
             ok = await stub.PutAppend(put("k", "good", 1), timeout=WAIT)
             assert ok.err == kv_pb2.OK
-            got = await stub.Get(kv_pb2.GetRequest(key="k"), timeout=WAIT)
-            assert (got.err, got.value) == (kv_pb2.OK, "good")
+            got = await stub.Get(kv_pb2.GetRequest(key=b"k"), timeout=WAIT)
+            assert (got.err, got.value) == (kv_pb2.OK, b"good")
         assert_all_running(nodes)
 
 
@@ -158,7 +160,7 @@ async def test_a_batch_answers_each_refused_operation_in_its_place(tmp_path: Pat
             reply = await stub.Batch(kv_pb2.BatchRequest(
                 writes=[put("a", "1", 1), put("b", "2", 0), put("c", "x" * 65, 2),
                         put("d", "4", 3)],
-                gets=[kv_pb2.GetRequest(key="k" * 17), kv_pb2.GetRequest(key="a")],
+                gets=[kv_pb2.GetRequest(key=b"k" * 17), kv_pb2.GetRequest(key=b"a")],
             ), timeout=WAIT)
             assert reply.err == kv_pb2.OK
             assert [w.err for w in reply.writes] == [
@@ -172,7 +174,7 @@ async def test_a_batch_answers_each_refused_operation_in_its_place(tmp_path: Pat
             too_big = await stub.Batch(kv_pb2.BatchRequest(
                 writes=[put(f"k{i}", "v" * 60, 30 + i) for i in range(7)]), timeout=WAIT)
             assert too_big.err == kv_pb2.TOO_LARGE and "max_request_bytes=400" in too_big.error
-            got = await stub.Get(kv_pb2.GetRequest(key="k0"), timeout=WAIT)
+            got = await stub.Get(kv_pb2.GetRequest(key=b"k0"), timeout=WAIT)
             assert got.err == kv_pb2.NO_KEY  # nothing of the refused batches applied
         assert_all_running(nodes)
 
@@ -184,7 +186,7 @@ async def test_the_clerk_splits_a_batch_the_server_finds_too_big(tmp_path: Path)
         # 400 bytes, which the server refuses whole; each goes alone then.
         await asyncio.gather(*(ck.put(f"k{i:02}", "v" * 60) for i in range(20)))
         values = await asyncio.gather(*(ck.get(f"k{i:02}") for i in range(20)))
-        assert values == ["v" * 60] * 20
+        assert values == [b"v" * 60] * 20
         assert_all_running(nodes)
 
 

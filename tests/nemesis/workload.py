@@ -102,7 +102,7 @@ class Workload:
             value = None if kind == "get" else f"{kind[0]}{c}.{n};"
             coro: Awaitable[object]
             if kind == "get":
-                coro = ck.get(key)
+                coro = get_text(ck, key)
             elif kind == "put":
                 assert value is not None
                 coro = ck.put(key, value)
@@ -123,11 +123,18 @@ class Workload:
         values: dict[str, str] = {}
         async with AsyncClerk(self.servers, timeout=timeout) as ck:
             for key in self.mixed + self.appendonly:
-                values[key] = await self.recorder.run("final", "get", key, None, ck.get(key))
+                values[key] = await self.recorder.run("final", "get", key, None,
+                                                      get_text(ck, key))
         return values
 
     def history(self) -> list[Operation]:
         return self.recorder.history()
+
+
+async def get_text(ck: AsyncClerk, key: str) -> str:
+    """``ck.get(key)`` as text (the clerk returns bytes; the workload writes
+    text, which the history and the checker compare)."""
+    return (await ck.get(key)).decode()
 
 
 def check_appends(history: Sequence[Operation], final: dict[str, str],
