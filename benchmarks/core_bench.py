@@ -29,8 +29,8 @@ class _Hooks:
     def send(self, msg: Message) -> None:
         self.cluster.queue.append(msg)
 
-    def apply(self, entry: Entry) -> None:
-        self.cluster.applied[self.i] = entry.index
+    def apply(self, entries: tuple[Entry, ...]) -> None:
+        self.cluster.applied[self.i] = entries[-1].index
 
     def restore(self, snapshot: Snapshot) -> None:
         pass

@@ -66,10 +66,12 @@ from __future__ import annotations
 import enum
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvserver import kv_pb2
+from raft.types import Entry, EntryType, SnapshotMeta
 
 __all__ = [
     "Applied",
@@ -176,6 +178,8 @@ class KvStateMachine:
         # Ordered by last activity, least recent first: expiry pops the front.
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._clock_ms = 0
+        self._applied_index = 0
+        self._applied_term = 0
 
     # -- reads (served after ReadIndex confirms the applied state is current) --
 
@@ -227,7 +231,33 @@ class KvStateMachine:
         """Bytes of ``key``'s value (0 when absent)."""
         return len(self._data.get(key, b""))
 
-    def apply(self, index: int, data: bytes) -> Applied:
+    @property
+    def applied_index(self) -> int:
+        """The index of the last entry applied (0: none)."""
+        return self._applied_index
+
+    @property
+    def applied_term(self) -> int:
+        return self._applied_term
+
+    def apply(self, entries: Sequence[Entry]) -> list[Applied | None]:
+        """Apply a batch of committed entries (``raft.node.StateMachine``):
+        what each command did; None for a no-op entry, or one at or below
+        ``applied_index`` (delivered again)."""
+        results: list[Applied | None] = []
+        for entry in entries:
+            if entry.index <= self._applied_index:
+                results.append(None)
+                continue
+            self._applied_index, self._applied_term = entry.index, entry.term
+            results.append(self.apply_command(entry.index, entry.data)
+                           if entry.type is EntryType.NORMAL else None)
+        return results
+
+    def sync(self) -> None:
+        """Nothing to do: the state is in memory, the snapshot is durable."""
+
+    def apply_command(self, index: int, data: bytes) -> Applied:
         """Apply one committed command; what it did (``Applied``)."""
         cmd = decode_command(data)
         client_id = cmd.client_id
@@ -315,7 +345,11 @@ class KvStateMachine:
             )
         return snap.SerializeToString(deterministic=True)
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, meta: SnapshotMeta | None = None) -> None:
+        """Replace the state with a snapshot's (``meta``: where it was
+        taken; None keeps the applied index)."""
+        if meta is not None:
+            self._applied_index, self._applied_term = meta.index, meta.term
         if not data:  # the empty snapshot: the state before any entry
             self._data, self._sessions, self._clock_ms = {}, OrderedDict(), 0
             self._index = None

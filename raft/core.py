@@ -306,8 +306,11 @@ class RaftCore:
         # A snapshot holds only committed entries; its index may be ahead of
         # the persisted commit (a leader applies what followers' acks commit
         # before its next hard state write).
+        # Applied entries are committed too: a state machine kept on disk
+        # may have applied entries whose commit index was never persisted.
         self.log.committed = max(
-            self.log.committed, hard_state.commit, storage.snapshot().meta.index
+            self.log.committed, hard_state.commit, storage.snapshot().meta.index,
+            min(config.applied, self.log.last_index()),
         )
         self._become_follower(hard_state.term, NONE)
         self._vote = hard_state.vote

@@ -52,10 +52,10 @@ from raft.node_types import (
 )
 from raft.node_waiters import PeerReplies, Proposals, Reads
 from raft.ready_processor import ReadyProcessor
-from raft.snapshotter import Snapshotter
+from raft.snapshotter import Snapshotter, recover_state_machine
 from raft.storage import Storage, StorageError
 from raft.storage_worker import StorageWorker
-from raft.types import Entry, EntryType, Message, ReadState, Role, Snapshot, SoftState
+from raft.types import Entry, Message, ReadState, Role, Snapshot, SoftState
 from rpc import Promise
 
 __all__ = [
@@ -91,11 +91,7 @@ class RaftNode:
         self._fsm = state_machine
         self._transport = transport
         self._log = logging.LoggerAdapter(log, {"node_id": config.id})
-        snapshot = storage.snapshot()
-        applied = 0
-        if not snapshot.empty:
-            state_machine.restore(snapshot.data)
-            applied = snapshot.meta.index
+        applied = recover_state_machine(storage, state_machine, config.peers, self._log)
         self._applied = applied
         self._core = RaftCore(config.core_config(applied), storage)
         self._proc = ReadyProcessor(self._core, storage, self)
@@ -351,8 +347,13 @@ class RaftNode:
     def restore(self, snapshot: Snapshot) -> None:
         self._install_snapshot(snapshot)
 
-    def apply(self, entry: Entry) -> None:
-        self._apply(entry)
+    def apply(self, entries: tuple[Entry, ...]) -> None:
+        results = self._fsm.apply(entries)
+        self._applied = entries[-1].index
+        self.metrics.entries_applied += len(entries)
+        applied = self._proposals.applied
+        for entry, result in zip(entries, results, strict=True):
+            applied(entry, result)
         self._reads.release(self._applied)
 
     def read_ready(self, read: ReadState) -> None:
@@ -362,20 +363,12 @@ class RaftNode:
         self._on_soft_state(soft.role, soft.leader)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
-        self._fsm.restore(snapshot.data)
+        self._fsm.restore(snapshot.data, snapshot.meta)
         self._applied = snapshot.meta.index
         self._snapshots.installed(snapshot)
         self._proposals.overtaken(snapshot.meta.index)
         self._log.info("node %d installed snapshot at index %d term %d",
                        self.id, snapshot.meta.index, snapshot.meta.term)
-
-    def _apply(self, entry: Entry) -> None:
-        result: Any = None
-        if entry.type is EntryType.NORMAL:
-            result = self._fsm.apply(entry.index, entry.data)
-        self._applied = entry.index
-        self.metrics.entries_applied += 1
-        self._proposals.applied(entry, result)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         old, self._role = self._role, role

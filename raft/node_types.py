@@ -5,12 +5,13 @@ metrics, the exceptions its futures fail with). Re-exported by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Any, Protocol
 
 from raft.core import Config
-from raft.types import Message, Role
+from raft.types import Entry, Message, Role, SnapshotMeta
 
 __all__ = [
     "LeadershipLost",
@@ -24,14 +25,44 @@ __all__ = [
 
 
 class StateMachine(Protocol):
-    """The application. ``apply`` must be deterministic (see
-    kvserver/state_machine.py for the full contract)."""
+    """The application (hashicorp/raft's FSM). ``apply`` must be
+    deterministic (see kvserver/state_machine.py for the full contract).
 
-    def apply(self, index: int, data: bytes) -> Any: ...
+    A state machine may keep its state on disk, unsynced: the Raft log is
+    the durability point. It then reports at open what it holds
+    (``applied_index``, ``applied_term``), and the node replays the log
+    from there; the core hands out only entries this node's disk holds
+    (``raft.core.Ready`` rule 4), so it is never ahead of the log."""
 
-    def snapshot(self) -> bytes: ...
+    @property
+    def applied_index(self) -> int:
+        """The index of the last entry applied (0: none)."""
 
-    def restore(self, data: bytes) -> None: ...
+    @property
+    def applied_term(self) -> int:
+        """The term of that entry (0: none)."""
+
+    def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        """Apply committed entries, in index order, as one batch (on disk:
+        one transaction, the applied index with it). One result per entry;
+        entries that are not ``NORMAL`` (a new leader's no-op) advance the
+        applied index and give None. Entries at or below ``applied_index``
+        are skipped (None): after a crash or a snapshot the log may deliver
+        them again."""
+
+    def snapshot(self) -> bytes:
+        """The state at ``applied_index``, or (for a state machine whose
+        snapshots are files, ``raft.snapshot_stream.FileSnapshots``) a
+        small marker of it."""
+
+    def restore(self, data: bytes, meta: SnapshotMeta) -> None:
+        """Replace the state with the snapshot ``meta`` (``data`` is what
+        ``snapshot`` gave at its index)."""
+
+    def sync(self) -> None:
+        """Make everything applied so far durable (on disk: fsync; in
+        memory: nothing). Runs in the storage worker, off the loop, before
+        the log before ``applied_index`` is compacted away."""
 
 
 class Transport(Protocol):

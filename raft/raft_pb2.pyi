@@ -185,3 +185,90 @@ class RaftReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RaftReply: _TypeAlias = RaftReply  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    """One piece of a state machine's snapshot file (raft/snapshot_stream.py):
+    streamed to a follower before the core's SNAPSHOT message, which then
+    carries only a marker. One chunk in flight per stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SRC_FIELD_NUMBER: _builtins.int
+    DST_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_TERM_FIELD_NUMBER: _builtins.int
+    PROBE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    src: _builtins.int
+    dst: _builtins.int
+    term: _builtins.int
+    """the leader's term"""
+    index: _builtins.int
+    """the snapshot it belongs to"""
+    snapshot_term: _builtins.int
+    probe: _builtins.bool
+    """only ask whether the follower holds it"""
+    offset: _builtins.int
+    data: _builtins.bytes
+    done: _builtins.bool
+    """the last chunk; size and crc32 are set"""
+    size: _builtins.int
+    crc32: _builtins.int
+    """zlib.crc32 of the whole file"""
+    def __init__(
+        self,
+        *,
+        src: _builtins.int = ...,
+        dst: _builtins.int = ...,
+        term: _builtins.int = ...,
+        index: _builtins.int = ...,
+        snapshot_term: _builtins.int = ...,
+        probe: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        done: _builtins.bool = ...,
+        size: _builtins.int = ...,
+        crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crc32", b"crc32", "data", b"data", "done", b"done", "dst", b"dst", "index", b"index", "offset", b"offset", "probe", b"probe", "size", b"size", "snapshot_term", b"snapshot_term", "src", b"src", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
+
+@_typing.final
+class SnapshotChunkReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HAVE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    have: _builtins.bool
+    """(probe) the follower holds the whole file"""
+    offset: _builtins.int
+    """bytes it holds of the file being streamed"""
+    error: _builtins.str
+    """the chunk was refused; the stream fails"""
+    def __init__(
+        self,
+        *,
+        have: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "have", b"have", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunkReply: _TypeAlias = SnapshotChunkReply  # noqa: Y015

@@ -56,8 +56,9 @@ class ReadyHooks(Protocol):
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the state machine with ``snapshot``'s."""
 
-    def apply(self, entry: Entry) -> None:
-        """Apply one committed entry (no-op entries included: skip them)."""
+    def apply(self, entries: tuple[Entry, ...]) -> None:
+        """Apply a Ready's committed entries, in order (no-op entries
+        included: they advance the applied index only)."""
 
     def read_ready(self, read: ReadState) -> None:
         """A ReadIndex round finished: serve it once applied >= ``read.index``."""
@@ -111,9 +112,7 @@ class ReadyProcessor:
         if rd.snapshot is not None and not rd.snapshot.empty:
             hooks.restore(rd.snapshot)
         if rd.committed_entries:
-            apply = hooks.apply
-            for entry in rd.committed_entries:
-                apply(entry)
+            hooks.apply(rd.committed_entries)
         for read in rd.read_states:
             hooks.read_ready(read)
         if rd.soft_state is not None:

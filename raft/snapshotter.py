@@ -20,9 +20,34 @@ from raft.node_types import NodeConfig, NodeMetrics, StateMachine
 from raft.raft_state_size import RaftStateSize
 from raft.storage import Storage
 from raft.storage_worker import StorageWorker
-from raft.types import Entry, Snapshot
+from raft.types import Entry, Snapshot, SnapshotMeta
 
-__all__ = ["Snapshotter"]
+__all__ = ["Snapshotter", "recover_state_machine"]
+
+
+def recover_state_machine(storage: Storage, state_machine: StateMachine,
+                          peers: frozenset[int],
+                          log: logging.LoggerAdapter[logging.Logger]) -> int:
+    """At start, bring the state machine and the log into agreement; return
+    the applied index.
+
+    A state machine behind the log's snapshot (one kept in memory, or one
+    on disk that was lost) is restored from it. One ahead of the log (a
+    leader's snapshot was swapped in, and the node stopped before its log
+    recorded it) makes the log restart after what it holds, as after
+    installing a snapshot: those entries are committed, so nothing is lost
+    by not holding them in the log. Entries after it are replayed."""
+    snapshot = storage.snapshot()
+    if not snapshot.empty and state_machine.applied_index < snapshot.meta.index:
+        state_machine.restore(snapshot.data, snapshot.meta)
+    applied, term = state_machine.applied_index, state_machine.applied_term
+    if applied > storage.last_index() or (applied > 0 and storage.term(applied) != term):
+        log.warning("state machine holds entries through %d (term %d), the log only through "
+                    "%d: the log restarts after them", applied, term, storage.last_index())
+        meta = SnapshotMeta(index=applied, term=term, peers=peers)
+        storage.save(None, (), Snapshot(meta=meta, data=state_machine.snapshot()))
+        storage.sync()
+    return applied
 
 
 class Snapshotter:
@@ -89,7 +114,10 @@ class Snapshotter:
         compact_to = applied - self._config.snapshot_catchup_entries
         self.writing = True
 
+        fsm = self._fsm
+
         def job() -> None:
+            fsm.sync()  # the state machine durable through ``applied`` first
             storage.create_snapshot(applied, data, peers)
             if compact_to >= storage.first_index():
                 storage.compact(compact_to)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from raft import raft_pb2
+from raft.snapshot_stream import SnapshotReceiver, SnapshotSender
 from raft.types import Entry, Message, MessageType
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries
 from rpc import Promise, RpcChannel, RpcError, Status, parse_response, returns_future
@@ -49,10 +50,16 @@ class RaftService:
     moment the node settles its response (after its fsync)."""
 
     def __init__(
-        self, node_id: int, handler: Callable[[Message], Promise[Message | None]]
+        self, node_id: int, handler: Callable[[Message], Promise[Message | None]],
+        receiver: SnapshotReceiver | None = None,
     ) -> None:
+        """``receiver`` takes streamed snapshot files (a state machine whose
+        snapshots are files); a SNAPSHOT message for a file it does not hold
+        is then ignored, so the core never installs a snapshot whose state
+        is missing (raft/snapshot_stream.py)."""
         self._id = node_id
         self._handler = handler
+        self._receiver = receiver
 
     def _handle(self, method: str, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
         try:
@@ -64,8 +71,12 @@ class RaftService:
                 Status.BAD_REQUEST,
                 f"{method} cannot carry {msg.type.name} for node {msg.dst} (this is {self._id})"
             )
-        response = self._handler(msg)
         reply: Promise[raft_pb2.RaftReply] = Promise()
+        if (msg.type is MessageType.SNAPSHOT and self._receiver is not None
+                and msg.snapshot is not None and not self._receiver.has(msg.snapshot)):
+            reply.set_result(raft_pb2.RaftReply())
+            return reply
+        response = self._handler(msg)
         response.add_done_callback(partial(_settle, reply))
         return reply
 
@@ -82,6 +93,16 @@ class RaftService:
         self, request: raft_pb2.RaftMessage
     ) -> Promise[raft_pb2.RaftReply]:
         return self._handle("InstallSnapshot", request)
+
+    async def StreamSnapshot(
+        self, request: raft_pb2.SnapshotChunk
+    ) -> raft_pb2.SnapshotChunkReply:
+        if request.dst != self._id:
+            raise RpcError(Status.BAD_REQUEST,
+                           f"snapshot chunk for node {request.dst} (this is {self._id})")
+        if self._receiver is None:
+            return raft_pb2.SnapshotChunkReply(error="this node takes no snapshot files")
+        return await self._receiver.chunk(request)
 
     @returns_future
     def TimeoutNow(self, request: raft_pb2.RaftMessage) -> Promise[raft_pb2.RaftReply]:
@@ -133,8 +154,30 @@ class RpcTransport:
         self._closed = False
         self._down: set[int] = set()
         self._last_packed: tuple[Entry | None, Entry | None, int, bytes] = (None, None, 0, b"")
+        #: Streams state machine files ahead of SNAPSHOT messages (None:
+        #: snapshots are bytes, carried by the core's own chunks).
+        self.snapshot_sender: SnapshotSender | None = None
 
     def send(self, msg: Message) -> None:
+        if self._closed:
+            return
+        if msg.type is MessageType.SNAPSHOT and self.snapshot_sender is not None:
+            self.snapshot_sender.send(msg)  # it calls send_now once the file is there
+            return
+        self.send_now(msg)
+
+    async def stream_call(
+        self, peer: int, chunk: raft_pb2.SnapshotChunk
+    ) -> raft_pb2.SnapshotChunkReply:
+        """One StreamSnapshot call to ``peer`` (raises ``RpcError``)."""
+        channel = self._channels.get(peer)
+        if channel is None:
+            raise RpcError(Status.UNAVAILABLE, f"unknown peer {peer}")
+        return await channel.call(_SERVICE_NAME, "StreamSnapshot", chunk,
+                                  raft_pb2.SnapshotChunkReply, timeout=max(self._timeout, 30.0))
+
+    def send_now(self, msg: Message) -> None:
+        """Send ``msg`` on its RPC call (no snapshot streaming first)."""
         if self._closed:
             return
         channel = self._channels.get(msg.dst)
@@ -241,6 +284,8 @@ class RpcTransport:
             self._deliver(response)
 
     async def close(self) -> None:
+        if self.snapshot_sender is not None:
+            await self.snapshot_sender.close()
         self._closed = True
         for task in list(self._tasks):
             task.cancel()

@@ -30,36 +30,38 @@ def cmd(op: int, key: str | bytes, value: str | bytes = b"", client: int = 1, se
 
 def test_append_past_the_stamped_limit_is_refused_and_not_recorded() -> None:
     sm = KvStateMachine()
-    assert sm.apply(1, cmd(kv_pb2.APPEND, "k", "abc", seq=1, max_value=5)) is Applied.DONE
+    assert sm.apply_command(1, cmd(kv_pb2.APPEND, "k", "abc", seq=1, max_value=5)) is Applied.DONE
     # Would leave 6 bytes (UTF-8: "é" is two): refused, nothing changes.
-    assert sm.apply(2, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.TOO_LARGE
+    refused = sm.apply_command(2, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5))
+    assert refused is Applied.TOO_LARGE
     assert sm.get(b"k") == b"abc"
     # The refused seq is not recorded: after the value shrank, its retry applies once.
-    sm.apply(3, cmd(kv_pb2.PUT, "k", "a", seq=3, max_value=5))
-    assert sm.apply(4, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.DONE
-    assert sm.apply(5, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.DUPLICATE
+    sm.apply_command(3, cmd(kv_pb2.PUT, "k", "a", seq=3, max_value=5))
+    assert sm.apply_command(4, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5)) is Applied.DONE
+    again = sm.apply_command(5, cmd(kv_pb2.APPEND, "k", "xé", seq=2, max_value=5))
+    assert again is Applied.DUPLICATE
     assert sm.get(b"k") == "axé".encode()
     # Exactly at the limit is allowed; 0 (older commands) means no limit.
-    assert sm.apply(6, cmd(kv_pb2.APPEND, "k", "z", seq=6, max_value=5)) is Applied.DONE
-    assert sm.apply(7, cmd(kv_pb2.APPEND, "k", "z" * 100, seq=7)) is Applied.DONE
+    assert sm.apply_command(6, cmd(kv_pb2.APPEND, "k", "z", seq=6, max_value=5)) is Applied.DONE
+    assert sm.apply_command(7, cmd(kv_pb2.APPEND, "k", "z" * 100, seq=7)) is Applied.DONE
 
 
 def test_put_append_delete_and_missing_key() -> None:
     sm = KvStateMachine()
     assert sm.get(b"k") is None
-    sm.apply(1, cmd(kv_pb2.APPEND, "k", "a", seq=1))  # append to missing starts from ""
-    sm.apply(2, cmd(kv_pb2.APPEND, "k", "b", seq=2))
+    sm.apply_command(1, cmd(kv_pb2.APPEND, "k", "a", seq=1))  # append to missing starts from ""
+    sm.apply_command(2, cmd(kv_pb2.APPEND, "k", "b", seq=2))
     assert sm.get(b"k") == b"ab"
-    sm.apply(3, cmd(kv_pb2.PUT, "k", "z", seq=3))
+    sm.apply_command(3, cmd(kv_pb2.PUT, "k", "z", seq=3))
     assert sm.get(b"k") == b"z"
-    sm.apply(4, cmd(kv_pb2.DELETE, "k", seq=4))
+    sm.apply_command(4, cmd(kv_pb2.DELETE, "k", seq=4))
     assert sm.get(b"k") is None
 
 
 def test_retried_request_applies_once() -> None:
     sm = KvStateMachine()
-    assert sm.apply(1, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DONE
-    assert sm.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
+    assert sm.apply_command(1, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DONE
+    assert sm.apply_command(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
     assert sm.get(b"k") == b"x"
 
 
@@ -69,49 +71,49 @@ def test_out_of_order_in_flight_requests_apply_once_each() -> None:
     sm = KvStateMachine()
     order = [3, 1, 1, 3, 2, 2]
     for i, seq in enumerate(order, start=1):
-        sm.apply(i, cmd(kv_pb2.APPEND, "k", str(seq), seq=seq, ack=1))
+        sm.apply_command(i, cmd(kv_pb2.APPEND, "k", str(seq), seq=seq, ack=1))
     assert sm.get(b"k") == b"312"
 
 
 def test_acknowledged_replies_are_forgotten_but_still_deduplicated() -> None:
     sm = KvStateMachine()
     for seq in range(1, 101):
-        sm.apply(seq, cmd(kv_pb2.PUT, "k", str(seq), seq=seq, ack=seq))
+        sm.apply_command(seq, cmd(kv_pb2.PUT, "k", str(seq), seq=seq, ack=seq))
     snap = kv_pb2.KvSnapshot.FromString(sm.snapshot())
     (session,) = snap.sessions
     assert list(session.applied_seqs) == [100]  # bounded: only seqs >= ack_seq
     # A very late duplicate of seq 5 must not roll the value back.
-    assert sm.apply(101, cmd(kv_pb2.PUT, "k", "5", seq=5, ack=5)) is Applied.DUPLICATE
+    assert sm.apply_command(101, cmd(kv_pb2.PUT, "k", "5", seq=5, ack=5)) is Applied.DUPLICATE
     assert sm.get(b"k") == b"100"
 
 
 def test_idle_sessions_expire_by_leader_stamp() -> None:
     sm = KvStateMachine(session_ttl_ms=1000)
-    sm.apply(1, cmd(kv_pb2.PUT, "a", "1", client=1, seq=1, stamp=0))
-    sm.apply(2, cmd(kv_pb2.PUT, "b", "1", client=2, seq=1, stamp=500))
-    sm.apply(3, cmd(kv_pb2.PUT, "c", "1", client=3, seq=1, stamp=1200))
+    sm.apply_command(1, cmd(kv_pb2.PUT, "a", "1", client=1, seq=1, stamp=0))
+    sm.apply_command(2, cmd(kv_pb2.PUT, "b", "1", client=2, seq=1, stamp=500))
+    sm.apply_command(3, cmd(kv_pb2.PUT, "c", "1", client=3, seq=1, stamp=1200))
     assert sm.session_count == 2  # client 1 idle 1200 ms > 1000 ms
     # A stamp going backwards (a new leader with a slower clock) does not
     # move the clock back.
-    sm.apply(4, cmd(kv_pb2.PUT, "d", "1", client=4, seq=1, stamp=100))
+    sm.apply_command(4, cmd(kv_pb2.PUT, "d", "1", client=4, seq=1, stamp=100))
     assert sm.session_count == 3
 
 
 def test_session_table_is_bounded() -> None:
     sm = KvStateMachine(max_sessions=10)
     for client in range(1, 51):
-        sm.apply(client, cmd(kv_pb2.PUT, "k", "v", client=client, seq=1))
+        sm.apply_command(client, cmd(kv_pb2.PUT, "k", "v", client=client, seq=1))
     assert sm.session_count == 10
 
 
 def test_snapshot_restores_keys_and_sessions() -> None:
     sm = KvStateMachine()
-    sm.apply(1, cmd(kv_pb2.APPEND, "k", "x", seq=1))
+    sm.apply_command(1, cmd(kv_pb2.APPEND, "k", "x", seq=1))
     other = KvStateMachine()
     other.restore(sm.snapshot())
     assert other.get(b"k") == b"x"
     # The dedup survived the snapshot.
-    assert other.apply(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
+    assert other.apply_command(2, cmd(kv_pb2.APPEND, "k", "x", seq=1)) is Applied.DUPLICATE
     assert other.get(b"k") == b"x"
     other.restore(b"")
     assert other.get(b"k") is None
@@ -137,12 +139,12 @@ def test_replicas_agree_and_snapshots_are_deterministic(ops: list[tuple[int, int
     a, b = KvStateMachine(), KvStateMachine()
     cut = len(log) // 2
     for i, data in enumerate(log[:cut], start=1):
-        a.apply(i, data)
-        b.apply(i, data)
+        a.apply_command(i, data)
+        b.apply_command(i, data)
     c = KvStateMachine()
     c.restore(b.snapshot())
     for i, data in enumerate(log[cut:], start=cut + 1):
-        assert a.apply(i, data) == c.apply(i, data)  # a retried CAS's answer too
+        assert a.apply_command(i, data) == c.apply_command(i, data)  # a retried CAS's answer too
     assert a.snapshot() == c.snapshot()
 
 
@@ -159,10 +161,10 @@ def cas(key: bytes, expected: bytes | None, new: bytes, seq: int, client: int = 
 
 def test_keys_and_values_are_any_bytes() -> None:
     sm = KvStateMachine()
-    sm.apply(1, cmd(kv_pb2.PUT, b"\x00\xff", b"\xff\x00\xfe", seq=1))
-    sm.apply(2, cmd(kv_pb2.PUT, b"", b"empty key", seq=2))
-    sm.apply(3, cmd(kv_pb2.APPEND, b"\x00\xff", b"\x80", seq=3))
-    sm.apply(4, cmd(kv_pb2.PUT, b"\x00", b"", seq=4))
+    sm.apply_command(1, cmd(kv_pb2.PUT, b"\x00\xff", b"\xff\x00\xfe", seq=1))
+    sm.apply_command(2, cmd(kv_pb2.PUT, b"", b"empty key", seq=2))
+    sm.apply_command(3, cmd(kv_pb2.APPEND, b"\x00\xff", b"\x80", seq=3))
+    sm.apply_command(4, cmd(kv_pb2.PUT, b"\x00", b"", seq=4))
     assert sm.get(b"\x00\xff") == b"\xff\x00\xfe\x80"
     assert sm.get(b"") == b"empty key"
     assert sm.get(b"\x00") == b""  # an empty value is present, not absent
@@ -192,10 +194,10 @@ def test_a_snapshot_and_a_log_entry_of_the_previous_release_still_load() -> None
     assert (sm.session_count, sm.clock_ms) == (2, 300)
     # The old entry (client 5's seq 2, an APPEND of "x y" to "é") was applied
     # before that snapshot: a duplicate now.
-    assert sm.apply(4, OLD_APPEND) is Applied.DUPLICATE
+    assert sm.apply_command(4, OLD_APPEND) is Applied.DUPLICATE
     assert sm.get("é".encode()) == b"x y"
     fresh = KvStateMachine()
-    assert fresh.apply(1, OLD_APPEND) is Applied.DONE
+    assert fresh.apply_command(1, OLD_APPEND) is Applied.DONE
     assert fresh.get("é".encode()) == b"x y"
     # What this release writes for the same state reads the same.
     again = KvStateMachine()
@@ -208,7 +210,7 @@ def test_a_snapshot_and_a_log_entry_of_the_previous_release_still_load() -> None
 def filled(keys: list[bytes], value: bytes = b"v") -> KvStateMachine:
     sm = KvStateMachine()
     for i, key in enumerate(keys, start=1):
-        sm.apply(i, cmd(kv_pb2.PUT, key, value, seq=i))
+        sm.apply_command(i, cmd(kv_pb2.PUT, key, value, seq=i))
     return sm
 
 
@@ -263,7 +265,7 @@ def test_scan_matches_a_sorted_dict_after_any_writes(
     for i, (op, key) in enumerate(ops, start=1):
         if i == cut:
             sm.scan(b"", None, 1, 0)  # builds the index midway
-        sm.apply(i, cmd(op, key, b"%d" % i, seq=i))
+        sm.apply_command(i, cmd(op, key, b"%d" % i, seq=i))
         if op == kv_pb2.DELETE:
             model.pop(key, None)
         else:
@@ -277,45 +279,45 @@ def test_scan_matches_a_sorted_dict_after_any_writes(
 
 def test_cas_swaps_only_on_a_match_and_none_means_absent() -> None:
     sm = KvStateMachine()
-    assert sm.apply(1, cas(b"k", None, b"v1", seq=1)) is Applied.DONE  # absent: swaps
+    assert sm.apply_command(1, cas(b"k", None, b"v1", seq=1)) is Applied.DONE  # absent: swaps
     assert sm.get(b"k") == b"v1"
-    assert sm.apply(2, cas(b"k", None, b"v2", seq=2)) is Applied.NOT_SWAPPED  # present now
-    assert sm.apply(3, cas(b"k", b"v2", b"v3", seq=3)) is Applied.NOT_SWAPPED  # wrong value
+    assert sm.apply_command(2, cas(b"k", None, b"v2", seq=2)) is Applied.NOT_SWAPPED  # present now
+    assert sm.apply_command(3, cas(b"k", b"v2", b"v3", seq=3)) is Applied.NOT_SWAPPED  # wrong value
     assert sm.get(b"k") == b"v1"
-    assert sm.apply(4, cas(b"k", b"v1", b"\x00\xff", seq=4)) is Applied.DONE
+    assert sm.apply_command(4, cas(b"k", b"v1", b"\x00\xff", seq=4)) is Applied.DONE
     assert sm.get(b"k") == b"\x00\xff"
     # An empty value is not absent, and an absent key does not hold b"".
-    sm.apply(5, cmd(kv_pb2.PUT, b"e", b"", seq=5))
-    assert sm.apply(6, cas(b"e", None, b"x", seq=6)) is Applied.NOT_SWAPPED
-    assert sm.apply(7, cas(b"e", b"", b"x", seq=7)) is Applied.DONE
-    assert sm.apply(8, cas(b"gone", b"", b"x", seq=8)) is Applied.NOT_SWAPPED
+    sm.apply_command(5, cmd(kv_pb2.PUT, b"e", b"", seq=5))
+    assert sm.apply_command(6, cas(b"e", None, b"x", seq=6)) is Applied.NOT_SWAPPED
+    assert sm.apply_command(7, cas(b"e", b"", b"x", seq=7)) is Applied.DONE
+    assert sm.apply_command(8, cas(b"gone", b"", b"x", seq=8)) is Applied.NOT_SWAPPED
     assert sm.get(b"gone") is None
 
 
 def test_a_retried_cas_gets_its_first_answer_even_after_a_snapshot() -> None:
     sm = KvStateMachine()
-    assert sm.apply(1, cas(b"k", None, b"a", seq=1)) is Applied.DONE
-    assert sm.apply(2, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
+    assert sm.apply_command(1, cas(b"k", None, b"a", seq=1)) is Applied.DONE
+    assert sm.apply_command(2, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
     # Retries with the same seqs: not applied again, answered as before,
     # although re-evaluating them now would give the opposite answers.
-    sm.apply(3, cmd(kv_pb2.PUT, b"k", b"zzz", seq=3))
-    assert sm.apply(4, cas(b"k", None, b"a", seq=1)) is Applied.DUPLICATE  # = swapped
-    assert sm.apply(5, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
+    sm.apply_command(3, cmd(kv_pb2.PUT, b"k", b"zzz", seq=3))
+    assert sm.apply_command(4, cas(b"k", None, b"a", seq=1)) is Applied.DUPLICATE  # = swapped
+    assert sm.apply_command(5, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
     assert sm.get(b"k") == b"zzz"
     other = KvStateMachine()
     other.restore(sm.snapshot())
-    assert other.apply(6, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
-    assert other.apply(7, cas(b"k", None, b"a", seq=1)) is Applied.DUPLICATE
+    assert other.apply_command(6, cas(b"k", b"zzz", b"b", seq=2)) is Applied.NOT_SWAPPED
+    assert other.apply_command(7, cas(b"k", None, b"a", seq=1)) is Applied.DUPLICATE
     assert other.get(b"k") == b"zzz"
 
 
 def test_cas_answers_are_forgotten_with_the_acknowledged_seqs() -> None:
     sm = KvStateMachine()
     for seq in range(1, 41):  # every CAS fails; the client acknowledges as it goes
-        assert sm.apply(seq, cas(b"k", b"x", b"y", seq=seq, ack=seq)) is Applied.NOT_SWAPPED
+        assert sm.apply_command(seq, cas(b"k", b"x", b"y", seq=seq, ack=seq)) is Applied.NOT_SWAPPED
     (session,) = kv_pb2.KvSnapshot.FromString(sm.snapshot()).sessions
     assert list(session.applied_seqs) == [40] and list(session.failed_seqs) == [40]
     assert len(sm._sessions[1].failed) < 20  # pruned in memory too
     # Below ack_seq nobody waits for the answer: a plain duplicate.
-    assert sm.apply(41, cas(b"k", b"x", b"y", seq=5, ack=40)) is Applied.DUPLICATE
-    assert sm.apply(42, cas(b"k", b"x", b"y", seq=40, ack=40)) is Applied.NOT_SWAPPED
+    assert sm.apply_command(41, cas(b"k", b"x", b"y", seq=5, ack=40)) is Applied.DUPLICATE
+    assert sm.apply_command(42, cas(b"k", b"x", b"y", seq=40, ack=40)) is Applied.NOT_SWAPPED

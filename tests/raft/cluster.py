@@ -10,26 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from raft.file_storage import FileStorage
 from raft.node import NodeConfig, RaftNode
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
-from raft.types import Role
+from raft.types import Entry, EntryType, Role, SnapshotMeta
 from rpc import RpcProvider
 
 
 class RecordingStateMachine:
-    """Applies by recording (index, data); snapshot = the whole record."""
+    """Applies by recording (index, data) of NORMAL entries, and returns the
+    index; snapshot = the whole record."""
 
     def __init__(self) -> None:
         self.applied: list[tuple[int, bytes]] = []
+        self.applied_index = 0
+        self.applied_term = 0
 
-    def apply(self, index: int, data: bytes) -> int:
-        self.applied.append((index, data))
-        return index
+    def apply(self, entries: Sequence[Entry]) -> list[int | None]:
+        results: list[int | None] = []
+        for entry in entries:
+            if entry.index <= self.applied_index:
+                results.append(None)
+                continue
+            self.applied_index, self.applied_term = entry.index, entry.term
+            if entry.type is EntryType.NORMAL:
+                self.applied.append((entry.index, entry.data))
+                results.append(entry.index)
+            else:
+                results.append(None)
+        return results
+
+    def sync(self) -> None:
+        pass
 
     def snapshot(self) -> bytes:
         out = bytearray()
@@ -37,7 +53,8 @@ class RecordingStateMachine:
             out += struct.pack(">QI", index, len(data)) + data
         return bytes(out)
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, meta: SnapshotMeta) -> None:
+        self.applied_index, self.applied_term = meta.index, meta.term
         self.applied = []
         pos = 0
         while pos < len(data):

@@ -202,12 +202,14 @@ class _Hooks:
         self.net.applied[self.i] = decode_state(snapshot.data)
         self.net.applied_index[self.i] = snapshot.meta.index
 
-    def apply(self, entry: Entry) -> None:
+    def apply(self, entries: tuple[Entry, ...]) -> None:
         net, i = self.net, self.i
-        assert entry.index == net.applied_index[i] + 1, (i, entry.index, net.applied_index[i])
-        net.applied_index[i] = entry.index
-        if entry.type is EntryType.NORMAL:
-            net.applied[i].append(entry.data)
+        for entry in entries:
+            assert entry.index == net.applied_index[i] + 1, (i, entry.index,
+                                                             net.applied_index[i])
+            net.applied_index[i] = entry.index
+            if entry.type is EntryType.NORMAL:
+                net.applied[i].append(entry.data)
 
     def read_ready(self, read: ReadState) -> None:
         self.net.read_states[self.i].append(read)
@@ -233,8 +235,8 @@ class Outbox:
     def restore(self, snapshot: Snapshot) -> None:
         pass
 
-    def apply(self, entry: Entry) -> None:
-        self.applied.append(entry)
+    def apply(self, entries: tuple[Entry, ...]) -> None:
+        self.applied.extend(entries)
 
     def read_ready(self, read: ReadState) -> None:
         self.reads.append(read)

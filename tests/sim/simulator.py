@@ -351,11 +351,12 @@ class _Hooks:
     def restore(self, snapshot: Snapshot) -> None:
         self.sim._install(self.n, snapshot)
 
-    def apply(self, entry: Entry) -> None:
+    def apply(self, entries: tuple[Entry, ...]) -> None:
         n, sim = self.n, self.sim
-        n.sm.apply(entry)
-        sim.checker.on_apply(n.id, entry, n.sm.digest)
-        sim.stats["applied"] += 1
+        for entry in entries:
+            n.sm.apply(entry)
+            sim.checker.on_apply(n.id, entry, n.sm.digest)
+        sim.stats["applied"] += len(entries)
 
     def read_ready(self, read: ReadState) -> None:
         n, sim = self.n, self.sim
