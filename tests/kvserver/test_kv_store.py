@@ -360,6 +360,59 @@ def test_random_operations_match_a_model(new_store: Factory) -> None:
         assert s.key_count() == len(model)
 
 
+def background_copies_during_writes(s: KvStore, tmp_path: Path) -> None:
+    """A worker thread syncs and copies in a loop while this thread writes,
+    then replaces the store with one of its copies while the worker runs."""
+    with s.write() as b:
+        for i in range(2000):
+            b.put(b"seed%04d" % i, b"s" * 200)
+        b.set_meta("applied", b"-1")
+    stop = threading.Event()
+    copies: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                s.sync()
+                path = str(tmp_path / f"bg{n}.snap")
+                s.copy_to(path)
+                copies.append((n, path))
+                n += 1
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        for n in range(200):
+            with s.write() as b:
+                b.put(b"w%03d" % n, b"x" * 100)
+                b.set_meta("applied", b"%d" % n)
+            if n == 100:
+                while not copies:
+                    time.sleep(0.001)
+                s.replace_with(copies[-1][1])  # waits for a copy in progress
+                restored = s.get_meta("applied")
+                assert restored is not None and int(restored) <= 100
+        assert s.get_meta("applied") == b"199"
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    s.sync()
+    final = everything(s)
+    last = str(tmp_path / "last.snap")
+    s.copy_to(last)
+    s.replace_with(last)
+    assert everything(s) == final
+
+
+def test_background_sync_and_copies_alongside_writes(new_store: Factory, tmp_path: Path) -> None:
+    background_copies_during_writes(new_store(), tmp_path)
+
+
 # -- LmdbKvStore only --
 
 def lmdb_store(path: Path, **kw: object) -> LmdbKvStore:
@@ -505,6 +558,14 @@ def test_lmdb_a_marker_is_only_cleared_by_a_sync_with_no_write_in_between(
         assert (d / UNSYNCED_MARKER).exists()
     s.sync()
     assert not (d / UNSYNCED_MARKER).exists()
+    s.close()
+
+
+def test_lmdb_background_sync_and_copies_with_fsync_on(tmp_path: Path) -> None:
+    s = lmdb_store(tmp_path / "kv", map_size=1 << 20)
+    background_copies_during_writes(s, tmp_path)
+    s.sync()
+    assert not (tmp_path / "kv" / UNSYNCED_MARKER).exists()
     s.close()
 
 
