@@ -396,6 +396,9 @@ def background_copies_during_writes(s: KvStore, tmp_path: Path) -> None:
                 s.replace_with(copies[-1][1])  # waits for a copy in progress
                 restored = s.get_meta("applied")
                 assert restored is not None and int(restored) <= 100
+                # One moment: the data and the meta of the same transactions.
+                written = [k for k, _ in s.scan(b"w", b"x", 1000, 1 << 30)[0]]
+                assert written == [b"w%03d" % i for i in range(int(restored) + 1)]
         assert s.get_meta("applied") == b"199"
     finally:
         stop.set()
