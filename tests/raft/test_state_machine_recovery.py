@@ -48,7 +48,7 @@ def test_a_state_machine_ahead_of_the_log_restarts_the_log_after_it() -> None:
     # were applied), and nothing is handed out again.
     core = RaftCore(Config(id=1, peers=PEERS, rng=Random(1), applied=5), storage)
     assert core.log.committed == 5 and core.log.applied == 5
-    assert not core.ready().committed_entries
+    assert not core.log.has_next_committed_entries()
 
 
 def test_applied_entries_count_as_committed_though_the_commit_index_lagged() -> None:
