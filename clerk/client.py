@@ -69,6 +69,7 @@ __all__ = [
     "ClerkError",
     "ClerkTimeout",
     "Data",
+    "NoSpace",
     "RequestRefused",
     "ScanResult",
     "ServerError",
@@ -121,6 +122,13 @@ class BadRequest(RequestRefused, ValueError):
 class TooLarge(RequestRefused, ValueError):
     """A key, value or request over a limit (kv.proto ``TOO_LARGE``, or a
     frame over the RPC frame limit); the message names the limit. Not applied."""
+
+
+class NoSpace(RequestRefused):
+    """The store reached its quota (kv.proto ``NO_SPACE``, ``kvserver
+    --max-db-bytes``): a write other than a delete was refused, not applied.
+    Reads and deletes still work; the write may succeed once keys are
+    deleted."""
 
 
 class ServerError(RequestRefused):
@@ -180,6 +188,7 @@ _DETERMINISTIC = frozenset({Status.HANDLER_ERROR, Status.BAD_REQUEST,
 _REFUSALS: dict[int, type[RequestRefused]] = {
     kv_pb2.BAD_REQUEST: BadRequest,
     kv_pb2.TOO_LARGE: TooLarge,
+    kv_pb2.NO_SPACE: NoSpace,
 }
 
 

@@ -42,6 +42,11 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """A key, a value or the value an APPEND would leave is over a limit;
     `error` names the limit and its size (kvserver/limits.py). Not retried.
     """
+    NO_SPACE: _ErrorCode.ValueType  # 7
+    """The store reached its quota (kvserver --max-db-bytes): a write other
+    than DELETE is refused before it enters the log. Reads and deletes keep
+    working. Not retried (a client retries once it has deleted keys).
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper): ...
 
@@ -59,6 +64,11 @@ op, ack_seq above seq, ...); `error` says which field. Not retried.
 TOO_LARGE: ErrorCode.ValueType  # 6
 """A key, a value or the value an APPEND would leave is over a limit;
 `error` names the limit and its size (kvserver/limits.py). Not retried.
+"""
+NO_SPACE: ErrorCode.ValueType  # 7
+"""The store reached its quota (kvserver --max-db-bytes): a write other
+than DELETE is refused before it enters the log. Reads and deletes keep
+working. Not retried (a client retries once it has deleted keys).
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 

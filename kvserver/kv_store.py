@@ -249,14 +249,14 @@ class KvStore(Protocol):
         """The committed value of ``key``, or None."""
         ...
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int
-             ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int,
+             *, overhead: int = 0) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         """The pairs with ``start <= key < end`` (``end`` None: no bound) in key
         order: at most ``limit`` (>= 1, else ``ValueError``), stopping before
-        the sum of ``len(key) + len(value)`` would pass ``max_bytes``, but at
-        least one pair when the range has one. The flag is True when the range
-        holds more pairs after the last one returned (continue from
-        ``last_key + b"\\x00"``)."""
+        the sum of ``len(key) + len(value) + overhead`` would pass
+        ``max_bytes``, but at least one pair when the range has one. Also the
+        first key of the range not returned (where the next page starts), or
+        None when the pairs end the range."""
         ...
 
     def key_count(self) -> int:
@@ -656,8 +656,8 @@ class LmdbKvStore:
             return None
         return txn.get(key, db=self._data)
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int
-             ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int,
+             *, overhead: int = 0) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         _check_scan(limit)
         txn = self._rtxn or self._reader()
         pairs: list[tuple[bytes, bytes]] = []
@@ -666,7 +666,7 @@ class LmdbKvStore:
             value = txn.get(_EMPTY_KEY_META, db=self._meta)
             if value is not None:
                 pairs.append((b"", value))
-                size = len(value)
+                size = len(value) + overhead
         with txn.cursor(db=self._data) as cur:
             if not start:
                 found = cur.first()
@@ -679,17 +679,17 @@ class LmdbKvStore:
                 if found and cur.key() == cut:
                     found = cur.next()
             if not found:
-                return pairs, False
+                return pairs, None
             for key, value in cur.iternext():
                 if end is not None and key >= end:
-                    return pairs, False
+                    return pairs, None
                 if len(pairs) >= limit:
-                    return pairs, True
-                size += len(key) + len(value)
+                    return pairs, key
+                size += len(key) + len(value) + overhead
                 if size > max_bytes and pairs:
-                    return pairs, True
+                    return pairs, key
                 pairs.append((key, value))
-        return pairs, False
+        return pairs, None
 
     def key_count(self) -> int:
         txn = self._rtxn or self._reader()
@@ -1096,8 +1096,8 @@ class MemoryKvStore:
         self._check_open()
         return self._data.get(key)
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int
-             ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int,
+             *, overhead: int = 0) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         self._check_open()
         _check_scan(limit)
         data = self._data
@@ -1105,15 +1105,15 @@ class MemoryKvStore:
         size = 0
         for key in self._keys.iter_from(start):
             if end is not None and key >= end:
-                return pairs, False
+                return pairs, None
             if len(pairs) >= limit:
-                return pairs, True
+                return pairs, key
             value = data[key]
-            size += len(key) + len(value)
+            size += len(key) + len(value) + overhead
             if size > max_bytes and pairs:
-                return pairs, True
+                return pairs, key
             pairs.append((key, value))
-        return pairs, False
+        return pairs, None
 
     def key_count(self) -> int:
         self._check_open()

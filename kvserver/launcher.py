@@ -42,7 +42,15 @@ from pathlib import Path
 from types import FrameType
 
 from kvserver.config import ConfigError, format_config, load_config
-from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, int_at_most, positive_int
+from rpc.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    byte_size,
+    fail,
+    int_at_most,
+)
 
 __all__ = ["Cluster", "free_ports", "main"]
 
@@ -176,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"number of nodes (at most {MAX_NODES})")
     parser.add_argument("-f", "--config", required=True, help="config file to write")
     parser.add_argument("--data-dir", default="data", help="data and logs (data)")
-    parser.add_argument("--max-raft-state", type=positive_int, default=None)
+    parser.add_argument("--max-raft-state", type=byte_size, default=None)
     parser.add_argument("--keep-config", action="store_true",
                         help="use the addresses in the existing config instead of free ports")
     args = parser.parse_args(argv)

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from kvserver import resources
 from kvserver.config import ConfigError, NodeAddress, load_config
 from kvserver.limits import Limits, LimitsError
-from kvserver.server import DEFAULT_IDLE_TIMEOUT, KvNode, KvNodeOptions
+from kvserver.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RAFT_STATE, KvNode, KvNodeOptions
 from raft.storage import StorageError
-from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, fail, positive_int
+from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, byte_size, fail, positive_int
 from rpc.loop import run
 
 __all__ = ["main"]
@@ -110,8 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
     parser.add_argument("-f", "--config", required=True, help="cluster config (seed format)")
     parser.add_argument("--data-dir", help="where the WAL and snapshots live (data/node<I>)")
-    parser.add_argument("--max-raft-state", type=positive_int, default=None,
-                        help="snapshot when the Raft log passes this many bytes")
+    parser.add_argument("--max-raft-state", type=byte_size, default=DEFAULT_MAX_RAFT_STATE,
+                        metavar="BYTES",
+                        help="compact the log (snapshot file of the store, then the log "
+                             "before it dropped) once it holds this many bytes of entries "
+                             f"(default {DEFAULT_MAX_RAFT_STATE >> 20}MiB; units: 64MiB, 1GB)")
+    parser.add_argument("--max-db-bytes", type=byte_size, default=None, metavar="BYTES",
+                        help="refuse writes other than deletes (NO_SPACE) once the store "
+                             "uses this many bytes (default: no quota)")
     defaults = Limits()
     parser.add_argument("--max-key-bytes", type=positive_int, default=defaults.max_key_bytes,
                         help="largest key, in bytes (%(default)s)")
@@ -151,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.id, args.log_level)
     data_dir = args.data_dir or f"data/node{args.id}"
     options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state,
-                            limits=limits,
+                            max_db_bytes=args.max_db_bytes, limits=limits,
                             max_client_connections=max_clients,
                             idle_timeout=args.idle_timeout or None)
     try:

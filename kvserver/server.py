@@ -14,17 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvserver.config import ClusterConfig
+from kvserver.kv_store import LmdbKvStore
 from kvserver.limits import Limits
 from kvserver.resources import peer_reserve
 from kvserver.service import KV_SERVICE, KvService
-from kvserver.state_machine import KvStateMachine
+from kvserver.state_machine import DiskKvStateMachine
 from raft.core import NotLeader
 from raft.file_storage import FileStorage
 from raft.node import NodeConfig, NodeStopped, RaftNode
+from raft.snapshot_stream import SnapshotReceiver, SnapshotSender
+from raft.storage import StorageError
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
 from rpc import RpcProvider
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "KvNode", "KvNodeOptions"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_RAFT_STATE", "KvNode", "KvNodeOptions"]
+
+#: Bytes of log entries after which a node compacts its log (snapshot file
+#: of the store, then the log before it dropped): bounds the WAL and the
+#: replay at restart. etcd's default is 100,000 entries (~10 MB of 100-byte
+#: puts); this is a few times that.
+DEFAULT_MAX_RAFT_STATE = 64 << 20
 
 #: Seconds a client connection may stay silent (no request, none in flight)
 #: before the node closes it. Long enough that a clerk in use never notices
@@ -40,7 +49,11 @@ log = logging.getLogger("kvserver.server")
 @dataclass(frozen=True)
 class KvNodeOptions:
     data_dir: str | Path
-    max_raft_state: int | None = None
+    #: Compact the log past this many bytes of entries (None: never).
+    max_raft_state: int | None = DEFAULT_MAX_RAFT_STATE
+    #: Writes are refused (NO_SPACE) once the store uses this many bytes
+    #: (None: no quota); reads and deletes keep working.
+    max_db_bytes: int | None = None
     #: Entries kept behind each snapshot for slightly lagging followers; small,
     #: so the data dir stays near --max-raft-state.
     snapshot_catchup_entries: int = 100
@@ -60,8 +73,20 @@ class KvNode:
         self.id = node_id
         self.address = config.node(node_id)
         self.options = options
-        self.state_machine = KvStateMachine()
-        self.storage = FileStorage(options.data_dir)
+        data_dir = str(options.data_dir)
+        self.storage = FileStorage(data_dir)
+        try:
+            # The store's own files live beside the log, in the same data
+            # dir (FileStorage holds its LOCK): kv/ (LMDB) and kv-snap/
+            # (snapshot files, streamed to followers that need them).
+            try:
+                store = LmdbKvStore(f"{data_dir}/kv", discard_damaged=True)
+            except OSError as e:
+                raise StorageError(f"cannot open the store in {data_dir}/kv: {e}") from e
+            self.state_machine = DiskKvStateMachine(store, f"{data_dir}/kv-snap")
+        except BaseException:
+            self.storage.close()
+            raise
         try:
             self.node = RaftNode(
                 NodeConfig(
@@ -75,6 +100,7 @@ class KvNode:
             )
         except BaseException:
             self.storage.close()
+            self.state_machine.store.close()
             raise
         self.service = KvService(
             self.node,
@@ -82,6 +108,7 @@ class KvNode:
             address=str(self.address),
             request_timeout=options.request_timeout,
             limits=options.limits,
+            max_db_bytes=options.max_db_bytes,
         )
         capped = options.max_client_connections is not None
         self.provider = RpcProvider(
@@ -96,7 +123,9 @@ class KvNode:
             max_frame_size=options.limits.max_frame_bytes,
         )
         self.provider.register(KV_SERVICE, self.service)
-        self.provider.register(RAFT_SERVICE, RaftService(node_id, self.node.handle_request))
+        self.provider.register(RAFT_SERVICE, RaftService(
+            node_id, self.node.handle_request,
+            SnapshotReceiver(node_id, self.state_machine.snapshot_dir)))
         self._started = False
 
     async def start(self) -> None:
@@ -109,6 +138,9 @@ class KvNode:
             unreachable=self.node.report_unreachable,
             max_frame_size=self.options.limits.max_frame_bytes,
         )
+        transport.snapshot_sender = SnapshotSender(
+            self.id, self.state_machine, call=transport.stream_call,
+            forward=transport.send_now, unreachable=self.node.report_unreachable)
         self.node.set_transport(transport)
         await self.node.start()
         self._started = True
@@ -145,3 +177,4 @@ class KvNode:
             await self.node.stop()
         else:
             self.storage.close()
+        self.state_machine.store.close()

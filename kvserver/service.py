@@ -87,12 +87,18 @@ class KvService:
         request_timeout: float = 2.0,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_db_bytes: int | None = None,
     ) -> None:
+        """``max_db_bytes``: writes other than deletes are refused with
+        NO_SPACE once the store uses that many bytes (etcd's quota: checked
+        on the leader before a write enters the log, so every replica can
+        apply every entry that does)."""
         self._node = node
         self._sm = state_machine
         self._address = address
         self.request_timeout = request_timeout
         self.limits = (limits or Limits()).validate()
+        self.max_db_bytes = max_db_bytes
         self.shutting_down = False
         # Cluster time (see the module doc): the term this node last led in,
         # the state machine's clock then, and the monotonic time then.
@@ -178,9 +184,22 @@ class KvService:
                 problem = limits.value_error(expected, "expected value") or \
                     limits.request_error(len(request.key) + len(request.value) + len(expected))
             if problem is None:
-                return None
+                return self._quota_refusal(request)
             return kv_pb2.PutAppendReply(err=kv_pb2.TOO_LARGE, error=problem, leader_hint=-1)
         return kv_pb2.PutAppendReply(err=kv_pb2.BAD_REQUEST, error=problem, leader_hint=-1)
+
+    def _quota_refusal(self, request: kv_pb2.PutAppendRequest) -> kv_pb2.PutAppendReply | None:
+        """NO_SPACE for a write that may grow a store at ``max_db_bytes``."""
+        quota = self.max_db_bytes
+        if quota is None or request.op == kv_pb2.DELETE:
+            return None
+        used = self._sm.size_bytes()
+        if used < quota:
+            return None
+        return kv_pb2.PutAppendReply(
+            err=kv_pb2.NO_SPACE, leader_hint=-1,
+            error=f"the store uses {used} bytes, at its quota max_db_bytes={quota}; "
+                  f"delete keys to make room (reads and deletes still work)")
 
     def _scan_refusal(self, request: kv_pb2.ScanRequest) -> kv_pb2.ScanReply | None:
         """The TOO_LARGE reply for a Scan whose bounds are longer than any

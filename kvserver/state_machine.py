@@ -1,20 +1,31 @@
-"""The replicated key-value state machine.
+"""The replicated key-value state machine, kept in a ``KvStore``.
 
-Contract (what Raft relies on, as hashicorp/raft's FSM states it):
+Contract (what Raft relies on, as hashicorp/raft's FSM states it;
+``raft.node.StateMachine``):
 
-* ``apply(index, data)`` is deterministic: every replica that applies the same
+* ``apply(entries)`` is deterministic: every replica that applies the same
   entries in the same order reaches the same state and returns the same
-  result. It never reads a clock, a random source or anything local; time
-  enters only as the leader's stamp inside the command.
-* ``snapshot() -> bytes`` captures the whole state (keys *and* client
-  sessions: at-most-once must survive a restart from a snapshot). It is a
-  versioned protobuf encoding, never pickle.
-* ``restore(bytes)`` replaces the state with a snapshot's.
+  results. It never reads a clock, a random source or anything local; time
+  enters only as the leader's stamp inside the command. A batch of entries
+  is one store transaction holding the data changes, the changed client
+  sessions and the applied index (and term, and the cluster clock), so the
+  store is always the state after some applied index, never between two.
+* The store need not be durable: the Raft WAL is. ``applied_index`` says what
+  the store holds at open; the node replays the log from there, and entries
+  at or below it are skipped when they come again (after a crash, or after a
+  snapshot file whose copy was taken past its index).
+* Snapshots: ``KvStateMachine`` gives and takes the whole state as bytes
+  (a versioned protobuf, ``KvSnapshot``; in-memory stores, tests, and the
+  data dirs of earlier releases). ``DiskKvStateMachine`` (LMDB, the
+  server's) never serializes its state: a snapshot is a consistent copy of
+  the store file, written by the storage worker (``save_snapshot``) and
+  streamed to followers as a file (``raft.snapshot_stream``); its Raft
+  snapshot data is only a marker.
 
 Keys and values are ``bytes`` (any bytes, compared bytewise). The reads the
-service makes, which an on-disk store (LMDB) can serve as well:
-``get(key) -> bytes | None`` and ``scan(start, end, limit, max_bytes) ->
-ScanPage`` (an ordered range read), plus ``value_size(key)``.
+service makes: ``get(key) -> bytes | None``, ``scan(start, end, limit,
+max_bytes) -> ScanPage`` (an ordered range read, the store's B-tree order),
+and ``value_size(key)``.
 
 At-most-once (Raft dissertation 6.3): each client numbers its writes
 ``seq = 1, 2, ...`` and sends with each the lowest seq whose reply it has not
@@ -26,7 +37,9 @@ carries data is a CAS's (swapped or not): the session also keeps the seqs
 at or above ``ack_seq`` whose CAS did not swap, so a retry is answered as
 the first time (``Applied.NOT_SWAPPED`` again, else ``DUPLICATE``: done).
 A duplicate below ``ack_seq`` is answered ``DUPLICATE`` whatever it was:
-the client said it has seen that reply, so nobody is waiting for it.
+the client said it has seen that reply, so nobody is waiting for it. The
+sessions live in the store (each changed one rewritten in the batch that
+changed it) and, for expiry order, in memory.
 
 Session expiry, decided in ``apply`` so every replica expires the same ones:
 the state machine's clock is the largest stamp applied so far; a session idle
@@ -51,36 +64,37 @@ Limits (``kvserver.limits``): an APPEND that would leave a value longer than
 the ``max_value_bytes`` stamped in its command is refused (``TOO_LARGE``):
 nothing changes and its seq is not recorded, so a retry is judged afresh.
 A PUT's or CAS's value is checked on arrival only: it cannot grow after.
-
-Ordered reads: the data is a dict; ``scan`` uses a sorted list of its keys
-(``bisect``), built on the first scan and then kept up to date by every
-write that adds or removes a key. Stores that are never scanned pay
-nothing; after the first scan, adding or removing a key costs a list
-insert or delete (an O(n) memmove: measured 0.03 ms with 100,000 keys,
-0.3 ms with a million; updating a present key costs nothing extra). Good
-enough until the LMDB store replaces this one (its B-tree is ordered).
 """
 
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left, insort
+import logging
+import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvserver import kv_pb2
+from kvserver.kv_store import KvStore, MemoryKvStore, WriteBatch
+from raft.fileio import TMP_SUFFIX, OsFileSystem
+from raft.snapshot_stream import snapshot_path
+from raft.storage import StorageError
 from raft.types import Entry, EntryType, SnapshotMeta
 
 __all__ = [
     "Applied",
+    "DiskKvStateMachine",
     "KvStateMachine",
     "ScanPage",
     "SnapshotFormatError",
     "decode_command",
     "encode_command",
 ]
+
+log = logging.getLogger("kvserver.state_machine")
 
 SNAPSHOT_VERSION = 1
 DEFAULT_SESSION_TTL_MS = 3_600_000
@@ -163,29 +177,82 @@ def decode_command(data: bytes) -> kv_pb2.Command:
     return cmd
 
 
+_META_APPLIED_INDEX = "applied_index"
+_META_APPLIED_TERM = "applied_term"
+_META_CLOCK_MS = "clock_ms"
+#: The Raft snapshot data of a ``DiskKvStateMachine``: the state is the
+#: snapshot file, not these bytes (an older release's data dir holds a
+#: ``KvSnapshot`` there instead, which ``restore`` still reads).
+FILE_SNAPSHOT_MARKER = b"pyraftkv file snapshot v1"
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def _encode_session(client_id: int, s: _Session) -> bytes:
+    return kv_pb2.Session(
+        client_id=client_id,
+        ack_seq=s.ack_seq,
+        applied_seqs=sorted(q for q in s.applied if q >= s.ack_seq),
+        failed_seqs=sorted(q for q in s.failed if q >= s.ack_seq),
+        last_active_ms=s.last_active_ms,
+        last_active_index=s.last_active_index,
+    ).SerializeToString(deterministic=True)
+
+
+def _decode_session(pb: kv_pb2.Session) -> _Session:
+    return _Session(ack_seq=pb.ack_seq, applied=set(pb.applied_seqs),
+                    failed=set(pb.failed_seqs), last_active_ms=pb.last_active_ms,
+                    last_active_index=pb.last_active_index)
+
+
 class KvStateMachine:
+    """The state machine over ``store`` (default: a new ``MemoryKvStore``);
+    snapshots are bytes. Reads and applies run on the event loop."""
+
     def __init__(
         self,
+        store: KvStore | None = None,
         *,
         session_ttl_ms: int = DEFAULT_SESSION_TTL_MS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
-        self._data: dict[bytes, bytes] = {}
-        # The keys of _data in order, once a scan needed them (module doc).
-        self._index: list[bytes] | None = None
+        self._store: KvStore = store if store is not None else MemoryKvStore()
         # Ordered by last activity, least recent first: expiry pops the front.
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        #: Sessions changed (or dropped: None) by the batch being applied.
+        self._dirty: dict[int, _Session | None] = {}
         self._clock_ms = 0
         self._applied_index = 0
         self._applied_term = 0
+        self._load()
+
+    def _load(self) -> None:
+        """Read the applied index, clock and sessions from the store."""
+        store = self._store
+        self._applied_index = int.from_bytes(store.get_meta(_META_APPLIED_INDEX) or b"", "big")
+        self._applied_term = int.from_bytes(store.get_meta(_META_APPLIED_TERM) or b"", "big")
+        self._clock_ms = int.from_bytes(store.get_meta(_META_CLOCK_MS) or b"", "big")
+        loaded = []
+        for client_id, blob in store.sessions():
+            pb = kv_pb2.Session()
+            pb.ParseFromString(blob)
+            loaded.append((pb.last_active_index, client_id, _decode_session(pb)))
+        loaded.sort()
+        self._sessions = OrderedDict((cid, sess) for _, cid, sess in loaded)
+
+    @property
+    def store(self) -> KvStore:
+        return self._store
 
     # -- reads (served after ReadIndex confirms the applied state is current) --
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key``, or None when it is absent."""
-        return self._data.get(key)
+        return self._store.get(key)
 
     def scan(self, start: bytes, end: bytes | None, limit: int, max_bytes: int,
              *, overhead: int = 0) -> ScanPage:
@@ -195,30 +262,19 @@ class KvStateMachine:
         ``overhead`` bytes (what framing it costs the caller), except that
         a page holds at least one pair when the range has one (``limit``
         >= 1)."""
-        index = self._index
-        if index is None:
-            index = self._index = sorted(self._data)
-        data = self._data
-        i = bisect_left(index, start)
-        stop = len(index) if end is None else bisect_left(index, end, lo=i)
-        pairs: list[tuple[bytes, bytes]] = []
-        size = 0
-        while i < stop and len(pairs) < limit:
-            key = index[i]
-            value = data[key]
-            size += len(key) + len(value) + overhead
-            if size > max_bytes and pairs:
-                break
-            pairs.append((key, value))
-            i += 1
-        return ScanPage(pairs, index[i] if i < stop else None)
+        pairs, next_start = self._store.scan(start, end, limit, max_bytes, overhead=overhead)
+        return ScanPage(pairs, next_start)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._store.key_count()
 
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    def size_bytes(self) -> int:
+        """Bytes the store uses (what ``--max-db-bytes`` bounds)."""
+        return self._store.size_bytes()
 
     # -- the replicated part -------------------------------------------------
 
@@ -226,10 +282,6 @@ class KvStateMachine:
     def clock_ms(self) -> int:
         """Cluster time: the largest stamp applied so far (ms)."""
         return self._clock_ms
-
-    def value_size(self, key: bytes) -> int:
-        """Bytes of ``key``'s value (0 when absent)."""
-        return len(self._data.get(key, b""))
 
     @property
     def applied_index(self) -> int:
@@ -240,25 +292,39 @@ class KvStateMachine:
     def applied_term(self) -> int:
         return self._applied_term
 
+    def value_size(self, key: bytes) -> int:
+        """Bytes of ``key``'s value (0 when absent)."""
+        value = self._store.get(key)
+        return 0 if value is None else len(value)
+
     def apply(self, entries: Sequence[Entry]) -> list[Applied | None]:
-        """Apply a batch of committed entries (``raft.node.StateMachine``):
-        what each command did; None for a no-op entry, or one at or below
-        ``applied_index`` (delivered again)."""
+        """Apply a batch of committed entries in one store transaction
+        (``raft.node.StateMachine``): what each command did; None for a
+        no-op entry, or one at or below ``applied_index`` (delivered again)."""
         results: list[Applied | None] = []
-        for entry in entries:
-            if entry.index <= self._applied_index:
-                results.append(None)
-                continue
-            self._applied_index, self._applied_term = entry.index, entry.term
-            results.append(self.apply_command(entry.index, entry.data)
-                           if entry.type is EntryType.NORMAL else None)
+        fresh = [e for e in entries if e.index > self._applied_index]
+        if not fresh:
+            return [None] * len(entries)
+        with self._store.write() as batch:
+            for entry in entries:
+                if entry.index <= self._applied_index:
+                    results.append(None)
+                    continue
+                self._applied_index, self._applied_term = entry.index, entry.term
+                results.append(self._apply_command(batch, entry.index, entry.data)
+                                if entry.type is EntryType.NORMAL else None)
+            self._finish(batch)
         return results
 
-    def sync(self) -> None:
-        """Nothing to do: the state is in memory, the snapshot is durable."""
-
     def apply_command(self, index: int, data: bytes) -> Applied:
-        """Apply one committed command; what it did (``Applied``)."""
+        """Apply one committed command in its own transaction (tests and
+        tools; the node applies batches); what it did (``Applied``)."""
+        with self._store.write() as batch:
+            result = self._apply_command(batch, index, data)
+            self._finish(batch)
+        return result
+
+    def _apply_command(self, batch: WriteBatch, index: int, data: bytes) -> Applied:
         cmd = decode_command(data)
         client_id = cmd.client_id
         if cmd.stamp_ms > self._clock_ms:
@@ -272,6 +338,7 @@ class KvStateMachine:
             session = sessions[client_id] = _Session()
         else:
             sessions.move_to_end(client_id)
+        self._dirty[client_id] = session
         session.last_active_ms = self._clock_ms
         session.last_active_index = index
         session.acknowledge(cmd.ack_seq)
@@ -279,38 +346,42 @@ class KvStateMachine:
         if session.is_duplicate(seq):
             return session.duplicate_answer(seq)
         op, key = cmd.op, cmd.key
-        if (op == kv_pb2.APPEND and cmd.max_value_bytes
-                and self.value_size(key) + len(cmd.value) > cmd.max_value_bytes):
-            return Applied.TOO_LARGE
+        if op == kv_pb2.APPEND and cmd.max_value_bytes:
+            old = batch.get(key)
+            if (0 if old is None else len(old)) + len(cmd.value) > cmd.max_value_bytes:
+                return Applied.TOO_LARGE
         session.applied.add(seq)
         result = Applied.DONE
         if op == kv_pb2.PUT:
-            self._put(key, cmd.value)
+            batch.put(key, cmd.value)
         elif op == kv_pb2.APPEND:
-            self._put(key, self._data.get(key, b"") + cmd.value)
+            batch.put(key, (batch.get(key) or b"") + cmd.value)
         elif op == kv_pb2.DELETE:
-            self._delete(key)
+            batch.delete(key)
         elif op == kv_pb2.CAS:
             expected = cmd.expected if cmd.HasField("expected") else None
-            if self._data.get(key) == expected:
-                self._put(key, cmd.value)
+            if batch.get(key) == expected:
+                batch.put(key, cmd.value)
             else:
                 session.failed.add(seq)
                 result = Applied.NOT_SWAPPED
         # Unknown ops (from a newer version) are ignored identically everywhere.
         while len(sessions) > self.max_sessions:
-            sessions.popitem(last=False)
+            dropped, _ = sessions.popitem(last=False)
+            self._dirty[dropped] = None
         return result
 
-    def _put(self, key: bytes, value: bytes) -> None:
-        data = self._data
-        if self._index is not None and key not in data:
-            insort(self._index, key)
-        data[key] = value
-
-    def _delete(self, key: bytes) -> None:
-        if self._data.pop(key, None) is not None and self._index is not None:
-            del self._index[bisect_left(self._index, key)]
+    def _finish(self, batch: WriteBatch) -> None:
+        """Write the batch's session changes, applied index and clock."""
+        for client_id, session in self._dirty.items():
+            if session is None:
+                batch.delete_session(client_id)
+            else:
+                batch.put_session(client_id, _encode_session(client_id, session))
+        self._dirty.clear()
+        batch.set_meta(_META_APPLIED_INDEX, _u64(self._applied_index))
+        batch.set_meta(_META_APPLIED_TERM, _u64(self._applied_term))
+        batch.set_meta(_META_CLOCK_MS, _u64(self._clock_ms))
 
     def _expire_sessions(self) -> None:
         horizon = self._clock_ms - self.session_ttl_ms
@@ -320,62 +391,122 @@ class KvStateMachine:
             if session.last_active_ms >= horizon:
                 break
             del sessions[client_id]
+            self._dirty[client_id] = None
 
-    # -- snapshots -----------------------------------------------------------
+    def sync(self) -> None:
+        """Make the store durable through ``applied_index`` (worker thread)."""
+        self._store.sync()
+
+    # -- snapshots as bytes ------------------------------------------------
 
     def snapshot(self) -> bytes:
+        """The whole state as a ``KvSnapshot`` (O(data): for in-memory
+        stores and tests; ``DiskKvStateMachine`` overrides it)."""
         # Still version 1: ``data`` (pairs in key order) is wire-identical to
         # the former map<string, string>, and an older release ignores
         # ``failed_seqs`` (kv.proto).
         snap = kv_pb2.KvSnapshot(version=SNAPSHOT_VERSION, clock_ms=self._clock_ms)
-        data = self._data
         add = snap.data.add
-        for key in self._index if self._index is not None else sorted(data):
-            add(key=key, value=data[key])
+        start: bytes | None = b""
+        while start is not None:
+            pairs, start = self._store.scan(start, None, 10_000, 1 << 62)
+            for key, value in pairs:
+                add(key=key, value=value)
         for client_id, s in self._sessions.items():
-            snap.sessions.append(
-                kv_pb2.Session(
-                    client_id=client_id,
-                    ack_seq=s.ack_seq,
-                    applied_seqs=sorted(q for q in s.applied if q >= s.ack_seq),
-                    failed_seqs=sorted(q for q in s.failed if q >= s.ack_seq),
-                    last_active_ms=s.last_active_ms,
-                    last_active_index=s.last_active_index,
-                )
-            )
+            pb = snap.sessions.add()
+            pb.ParseFromString(_encode_session(client_id, s))
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes, meta: SnapshotMeta | None = None) -> None:
-        """Replace the state with a snapshot's (``meta``: where it was
-        taken; None keeps the applied index)."""
+        """Replace the state with a ``KvSnapshot``'s (``meta``: where it was
+        taken; None keeps the applied index). Raises ``SnapshotFormatError``."""
+        snap = kv_pb2.KvSnapshot()
+        if data:
+            try:
+                snap.ParseFromString(data)
+            except Exception as exc:  # protobuf raises DecodeError; be explicit
+                raise SnapshotFormatError(f"undecodable KV snapshot: {exc}") from None
+            if snap.version != SNAPSHOT_VERSION:
+                raise SnapshotFormatError(
+                    f"KV snapshot version {snap.version}, this build reads {SNAPSHOT_VERSION}"
+                )
         if meta is not None:
             self._applied_index, self._applied_term = meta.index, meta.term
-        if not data:  # the empty snapshot: the state before any entry
-            self._data, self._sessions, self._clock_ms = {}, OrderedDict(), 0
-            self._index = None
+        store = self._store
+        old_keys: list[bytes] = []
+        start: bytes | None = b""
+        while start is not None:
+            pairs, start = store.scan(start, None, 10_000, 1 << 62)
+            old_keys += [key for key, _ in pairs]
+        with store.write() as batch:
+            # Empty the store (the empty snapshot: the state before any entry).
+            for key in old_keys:
+                batch.delete(key)
+            for client_id, _blob in list(store.sessions()):
+                batch.delete_session(client_id)
+            for pair in snap.data:
+                batch.put(pair.key, pair.value)
+            self._sessions = OrderedDict(
+                (pb.client_id, _decode_session(pb)) for pb in snap.sessions)
+            self._dirty = dict(self._sessions)
+            self._clock_ms = snap.clock_ms
+            self._finish(batch)
+
+
+class DiskKvStateMachine(KvStateMachine):
+    """The server's state machine: ``store`` on disk (an ``LmdbKvStore``),
+    snapshots as files in ``snapshot_dir`` (``raft.snapshot_stream``).
+
+    ``save_snapshot`` (storage worker) writes a consistent copy of the store
+    as the snapshot file of a Raft snapshot; it is what a follower that
+    needs a snapshot is streamed, and what this node restores after its
+    store was lost (a power failure may leave an unsynced LMDB file
+    damaged; ``kvserver.kv_store``). Only the newest file is kept.
+    ``restore`` swaps a snapshot file in: a received one in O(1) (the
+    receiver left a copy to consume), this node's own by copying it first
+    (at start only). Raises ``StorageError`` when the file is missing."""
+
+    def __init__(self, store: KvStore, snapshot_dir: str, *,
+                 session_ttl_ms: int = DEFAULT_SESSION_TTL_MS,
+                 max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        super().__init__(store, session_ttl_ms=session_ttl_ms, max_sessions=max_sessions)
+        self.snapshot_dir = snapshot_dir
+        os.makedirs(snapshot_dir, exist_ok=True)
+
+    def snapshot(self) -> bytes:
+        return FILE_SNAPSHOT_MARKER
+
+    def save_snapshot(self, meta: SnapshotMeta) -> int:
+        """Write the snapshot file for ``meta`` (storage worker): a copy of
+        the store as of now, which holds at least every entry through
+        ``meta.index``; drop older files. Its size in bytes."""
+        path = snapshot_path(self.snapshot_dir, meta)
+        size = self._store.copy_to(path)
+        for name in os.listdir(self.snapshot_dir):
+            other = os.path.join(self.snapshot_dir, name)
+            if other != path and name.endswith(".snap") and name < os.path.basename(path):
+                os.remove(other)
+        return size
+
+    def restore(self, data: bytes, meta: SnapshotMeta | None = None) -> None:
+        if data != FILE_SNAPSHOT_MARKER:
+            # An earlier release's snapshot (the state as bytes), or the
+            # empty one: load it into the store.
+            super().restore(data, meta)
             return
-        snap = kv_pb2.KvSnapshot()
-        try:
-            snap.ParseFromString(data)
-        except Exception as exc:  # protobuf raises DecodeError; be explicit in the message
-            raise SnapshotFormatError(f"undecodable KV snapshot: {exc}") from None
-        if snap.version != SNAPSHOT_VERSION:
-            raise SnapshotFormatError(
-                f"KV snapshot version {snap.version}, this build reads {SNAPSHOT_VERSION}"
-            )
-        self._data = {pair.key: pair.value for pair in snap.data}
-        self._index = None
-        self._sessions = OrderedDict(
-            (
-                s.client_id,
-                _Session(
-                    ack_seq=s.ack_seq,
-                    applied=set(s.applied_seqs),
-                    failed=set(s.failed_seqs),
-                    last_active_ms=s.last_active_ms,
-                    last_active_index=s.last_active_index,
-                ),
-            )
-            for s in snap.sessions
-        )
-        self._clock_ms = snap.clock_ms
+        assert meta is not None
+        path = snapshot_path(self.snapshot_dir, meta)
+        install = path + ".install"
+        if not os.path.exists(install):
+            if not os.path.exists(path):
+                raise StorageError(f"snapshot file {path} is missing: this node cannot "
+                                   f"restore its state at index {meta.index}")
+            log.info("copying snapshot %s to restore it", path)
+            shutil.copyfile(path, install + TMP_SUFFIX)
+            os.rename(install + TMP_SUFFIX, install)
+        self._store.replace_with(install)
+        OsFileSystem().fsync_dir(self.snapshot_dir)
+        self._load()
+        if self._applied_index < meta.index:
+            raise StorageError(f"snapshot file {path} holds entries through "
+                               f"{self._applied_index}, not {meta.index}")

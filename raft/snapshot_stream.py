@@ -10,17 +10,20 @@ the raft snapshot message:
 1. The leader's core sends SNAPSHOT (index, term). ``SnapshotSender`` holds
    that message back and first asks the follower (``StreamSnapshot`` with
    ``probe``) whether it already holds a file for that snapshot.
-2. If not, a worker thread writes a consistent copy of the state machine
-   (a read transaction: the leader keeps serving and applying meanwhile)
-   to a scratch file, and the sender streams it in ``CHUNK_BYTES`` chunks,
+2. If not, the sender streams the leader's file for that snapshot (written
+   by ``FileSnapshots.save_snapshot`` in the storage worker when the log was
+   compacted: a consistent copy of the state machine taken from a read
+   transaction while the leader kept serving) in ``CHUNK_BYTES`` chunks,
    one in flight at a time (flow control: the next chunk leaves when the
    follower has written the last). The copy holds every entry applied when
    it was taken, at least through the snapshot's index; entries after that
    index are skipped by the follower's state machine when the log delivers
    them again (it knows its applied index).
-3. ``SnapshotReceiver`` writes the chunks to ``<index>-<term>.part``,
-   checks size and CRC-32 at the end, fsyncs it (in a worker thread) and
-   renames it to ``<index>-<term>.ready``.
+3. ``SnapshotReceiver`` writes the chunks to ``<index>-<term>.snap.part``,
+   checks size and CRC-32 at the end, and (in a worker thread) fsyncs it,
+   copies it to ``<index>-<term>.snap.install`` (which the state machine
+   consumes, in O(1), when it swaps the file in) and renames it to
+   ``<index>-<term>.snap``: the follower's own snapshot file from then on.
 4. Only then does the core's SNAPSHOT message leave. The follower's node
    passes it to its core only if it holds the ready file (else it ignores
    it, and the leader's core sends it again, which streams again), and its
@@ -33,6 +36,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +46,8 @@ from raft import raft_pb2
 from raft.fileio import OsFileSystem
 from raft.types import Message, MessageType, SnapshotMeta
 
-__all__ = ["CHUNK_BYTES", "FileSnapshots", "SnapshotReceiver", "SnapshotSender"]
+__all__ = ["CHUNK_BYTES", "FileSnapshots", "SnapshotReceiver", "SnapshotSender",
+           "snapshot_path"]
 
 log = logging.getLogger("raft.snapshot_stream")
 
@@ -50,25 +55,31 @@ log = logging.getLogger("raft.snapshot_stream")
 #: noise, small enough that a chunk never holds the loop for long.
 CHUNK_BYTES = 1 << 20
 
-_READY_RE = re.compile(r"^(\d{20})-(\d{20})\.ready$")
+_SNAP_RE = re.compile(r"^(\d{20})-(\d{20})\.snap(\.install)?$")
 
 
 @runtime_checkable
 class FileSnapshots(Protocol):
-    """A state machine whose snapshots are files rather than bytes."""
+    """A state machine whose snapshots are files rather than bytes: the
+    file of snapshot ``meta`` is ``snapshot_path(snapshot_dir, meta)``, and
+    its ``restore(data, meta)`` swaps that file in."""
 
-    def copy_to(self, path: str) -> int:
-        """Write a consistent copy of the whole state to the new file
-        ``path``, fsynced; return its size. Runs in a worker thread while
-        the loop keeps applying."""
+    snapshot_dir: str
 
-    def replace_with(self, path: str) -> None:
-        """Swap in a file written by ``copy_to`` (here or on another node)
-        atomically; O(1), on the loop."""
+    def save_snapshot(self, meta: SnapshotMeta) -> int:
+        """Write the file for ``meta``: a consistent copy of the whole
+        state, which holds at least every entry through ``meta.index``,
+        fsynced; return its size. Runs in the storage worker while the loop
+        keeps applying."""
 
 
 def _name(index: int, term: int) -> str:
     return f"{index:020d}-{term:020d}"
+
+
+def snapshot_path(directory: str, meta: SnapshotMeta) -> str:
+    """Where the file of snapshot ``meta`` lives in ``directory``."""
+    return os.path.join(directory, _name(meta.index, meta.term) + ".snap")
 
 
 class SnapshotSender:
@@ -78,7 +89,6 @@ class SnapshotSender:
         self,
         node_id: int,
         state_machine: FileSnapshots,
-        scratch_dir: str,
         *,
         call: Callable[[int, raft_pb2.SnapshotChunk], Awaitable[raft_pb2.SnapshotChunkReply]],
         forward: Callable[[Message], None],
@@ -89,17 +99,13 @@ class SnapshotSender:
         ``unreachable`` tells the node a stream failed (the core then
         probes the peer and sends the snapshot again)."""
         self._id = node_id
-        self._fsm = state_machine
-        self._dir = scratch_dir
+        self._dir = state_machine.snapshot_dir
         self._call = call
         self._forward = forward
         self._unreachable = unreachable
         self._streams: dict[int, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{node_id}-snapout")
         self._log = logging.LoggerAdapter(log, {"node_id": node_id})
-        os.makedirs(scratch_dir, exist_ok=True)
-        for name in os.listdir(scratch_dir):  # left by a crash
-            os.remove(os.path.join(scratch_dir, name))
 
     def send(self, msg: Message) -> None:
         """A SNAPSHOT message from the core: it leaves once the follower
@@ -134,32 +140,29 @@ class SnapshotSender:
         meta = msg.snapshot
         assert meta is not None
         loop = asyncio.get_running_loop()
-        path = os.path.join(self._dir, f"{_name(meta.index, meta.term)}-to-{msg.dst}")
-        size = await loop.run_in_executor(self._pool, self._fsm.copy_to, path)
-        self._log.info("node %d: streaming snapshot %d/%d (%d bytes) to node %d", self._id,
-                       meta.index, meta.term, size, msg.dst)
-        try:
-            with open(path, "rb") as f:
-                offset, crc = 0, 0
-                while True:
-                    data = await loop.run_in_executor(self._pool, f.read, CHUNK_BYTES)
-                    crc = zlib.crc32(data, crc)
-                    done = offset + len(data) >= size
-                    chunk = self._chunk(msg, offset=offset, data=data, done=done)
-                    if done:
-                        chunk.size, chunk.crc32 = size, crc
-                    reply = await self._call(msg.dst, chunk)
-                    if reply.error:
-                        raise RuntimeError(f"node {msg.dst} refused chunk at {offset}: "
-                                           f"{reply.error}")
-                    offset += len(data)
-                    if reply.offset != offset:
-                        raise RuntimeError(f"node {msg.dst} holds {reply.offset} bytes, "
-                                           f"sent {offset}")
-                    if done:
-                        return
-        finally:
-            os.remove(path)
+        # Open now: a newer snapshot may delete the name, not the open file.
+        with open(snapshot_path(self._dir, meta), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._log.info("node %d: streaming snapshot %d/%d (%d bytes) to node %d", self._id,
+                           meta.index, meta.term, size, msg.dst)
+            offset, crc = 0, 0
+            while True:
+                data = await loop.run_in_executor(self._pool, f.read, CHUNK_BYTES)
+                crc = zlib.crc32(data, crc)
+                done = offset + len(data) >= size
+                chunk = self._chunk(msg, offset=offset, data=data, done=done)
+                if done:
+                    chunk.size, chunk.crc32 = size, crc
+                reply = await self._call(msg.dst, chunk)
+                if reply.error:
+                    raise RuntimeError(f"node {msg.dst} refused chunk at {offset}: "
+                                       f"{reply.error}")
+                offset += len(data)
+                if reply.offset != offset:
+                    raise RuntimeError(f"node {msg.dst} holds {reply.offset} bytes, "
+                                       f"sent {offset}")
+                if done:
+                    return
 
     def _chunk(self, msg: Message, *, probe: bool = False, offset: int = 0, data: bytes = b"",
                done: bool = False) -> raft_pb2.SnapshotChunk:
@@ -190,15 +193,12 @@ class SnapshotReceiver:
         self._log = logging.LoggerAdapter(log, {"node_id": node_id})
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):
-            if not _READY_RE.match(name):  # a half-received file: start over
+            if name.endswith(".part"):  # a half-received file: start over
                 os.remove(os.path.join(directory, name))
-
-    def path(self, meta: SnapshotMeta) -> str:
-        return os.path.join(self._dir, _name(meta.index, meta.term) + ".ready")
 
     def has(self, meta: SnapshotMeta) -> bool:
         """The whole file for ``meta`` is here, durable."""
-        return os.path.exists(self.path(meta))
+        return os.path.exists(snapshot_path(self._dir, meta))
 
     async def chunk(self, req: raft_pb2.SnapshotChunk) -> raft_pb2.SnapshotChunkReply:
         """One StreamSnapshot call. Replies with the bytes held so far;
@@ -208,7 +208,7 @@ class SnapshotReceiver:
             return raft_pb2.SnapshotChunkReply(have=self.has(meta))
         async with self._lock:
             name = _name(req.index, req.snapshot_term)
-            part = os.path.join(self._dir, name + ".part")
+            part = os.path.join(self._dir, name + ".snap.part")
             if req.offset == 0:
                 self._discard_part()
                 self._part = (name, 0, 0)
@@ -231,7 +231,7 @@ class SnapshotReceiver:
                         offset=0, error=f"snapshot file damaged in transit ({size} bytes, "
                                         f"expected {req.size}; crc {crc:#x}, {req.crc32:#x})")
                 await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._make_ready, part, self.path(meta))
+                    self._pool, self._make_ready, part, snapshot_path(self._dir, meta))
                 self._log.info("node %d: received snapshot %d/%d (%d bytes)", self._id,
                                req.index, req.snapshot_term, size)
             return raft_pb2.SnapshotChunkReply(offset=size)
@@ -239,15 +239,23 @@ class SnapshotReceiver:
     def _make_ready(self, part: str, ready: str) -> None:
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
-        for name in os.listdir(self._dir):  # older ready files are of no use now
-            if _READY_RE.match(name):
-                os.remove(os.path.join(self._dir, name))
+        install = ready + ".install"
+        shutil.copyfile(part, install + ".tmp")
+        with open(install + ".tmp", "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(install + ".tmp", install)
         os.rename(part, ready)
-        OsFileSystem().fsync_dir(self._dir)
+        fs = OsFileSystem()
+        fs.fsync_dir(self._dir)
+        keep = os.path.basename(ready)
+        for name in os.listdir(self._dir):  # older snapshot files are of no use now
+            m = _SNAP_RE.match(name)
+            if m and name.split(".")[0] < keep.split(".")[0]:
+                os.remove(os.path.join(self._dir, name))
 
     def _discard_part(self) -> None:
         if self._part is not None:
-            path = os.path.join(self._dir, self._part[0] + ".part")
+            path = os.path.join(self._dir, self._part[0] + ".snap.part")
             if os.path.exists(path):
                 os.remove(path)
             self._part = None

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from raft.node_types import NodeConfig, NodeMetrics, StateMachine
 from raft.raft_state_size import RaftStateSize
+from raft.snapshot_stream import FileSnapshots
 from raft.storage import Storage
 from raft.storage_worker import StorageWorker
 from raft.types import Entry, Snapshot, SnapshotMeta
@@ -115,9 +116,15 @@ class Snapshotter:
         self.writing = True
 
         fsm = self._fsm
+        meta = SnapshotMeta(index=applied, term=storage.term(applied), peers=peers)
 
         def job() -> None:
-            fsm.sync()  # the state machine durable through ``applied`` first
+            # The state machine durable through ``applied`` first: synced,
+            # or (state kept in a file) copied to the snapshot's file.
+            if isinstance(fsm, FileSnapshots):
+                fsm.save_snapshot(meta)
+            else:
+                fsm.sync()
             storage.create_snapshot(applied, data, peers)
             if compact_to >= storage.first_index():
                 storage.compact(compact_to)

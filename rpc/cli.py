@@ -109,6 +109,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2,
+               "mb": 1000**2, "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """argparse type for a size in bytes, at least 1: a number with an
+    optional unit, ``4096``, ``64MiB``, ``1.5GB`` (SI units are powers of
+    1000, ``KiB``/``MiB``/``GiB``/``TiB`` of 1024, as etcd and Kubernetes
+    read them)."""
+    stripped = text.strip()
+    number = stripped.rstrip("bBkKmMgGtTiI")
+    unit = stripped[len(number):].strip().lower()
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, KeyError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r} (a number of bytes, or with a unit: 64MiB, 2GB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 byte")
+    return value
+
+
 def fail(prog: str, message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one line to stderr and exit with `code`."""
     sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")

@@ -158,19 +158,21 @@ def test_one_batch_at_a_time_and_only_inside_its_block(new_store: Factory) -> No
 def test_scan_bounds_limit_bytes_and_the_more_flag(new_store: Factory) -> None:
     s = new_store()
     put_all(s, {b"a": b"1", b"b": b"22", b"b\x00": b"333", b"c": b"4444", b"\xff": b"5"})
-    assert s.scan(b"b", b"c", 10, 1000) == ([(b"b", b"22"), (b"b\x00", b"333")], False)
-    assert s.scan(b"b", b"b\x00", 10, 1000) == ([(b"b", b"22")], False)  # end excluded
-    assert s.scan(b"a", None, 2, 1000) == ([(b"a", b"1"), (b"b", b"22")], True)
+    assert s.scan(b"b", b"c", 10, 1000) == ([(b"b", b"22"), (b"b\x00", b"333")], None)
+    assert s.scan(b"b", b"b\x00", 10, 1000) == ([(b"b", b"22")], None)  # end excluded
+    assert s.scan(b"a", None, 2, 1000) == ([(b"a", b"1"), (b"b", b"22")], b"b\x00")
     # Exactly as many as the range holds: no more.
-    assert s.scan(b"c", None, 2, 1000) == ([(b"c", b"4444"), (b"\xff", b"5")], False)
-    assert s.scan(b"a", b"b\x00", 2, 1000) == ([(b"a", b"1"), (b"b", b"22")], False)
+    assert s.scan(b"c", None, 2, 1000) == ([(b"c", b"4444"), (b"\xff", b"5")], None)
+    assert s.scan(b"a", b"b\x00", 2, 1000) == ([(b"a", b"1"), (b"b", b"22")], None)
     # Bytes: 1+1, then 1+2 = 5 total fits in 5, the next (2+3) does not.
-    assert s.scan(b"a", None, 10, 5) == ([(b"a", b"1"), (b"b", b"22")], True)
+    assert s.scan(b"a", None, 10, 5) == ([(b"a", b"1"), (b"b", b"22")], b"b\x00")
+    # With 1 byte of overhead per pair only the first fits.
+    assert s.scan(b"a", None, 10, 5, overhead=1) == ([(b"a", b"1")], b"b")
     # Always one pair, however small max_bytes.
-    assert s.scan(b"c", None, 10, 0) == ([(b"c", b"4444")], True)
-    assert s.scan(b"d", b"\xff", 10, 1000) == ([], False)
-    assert s.scan(b"\xff\x00", None, 10, 1000) == ([], False)
-    assert s.scan(b"z", b"a", 10, 1000) == ([], False)
+    assert s.scan(b"c", None, 10, 0) == ([(b"c", b"4444")], b"\xff")
+    assert s.scan(b"d", b"\xff", 10, 1000) == ([], None)
+    assert s.scan(b"\xff\x00", None, 10, 1000) == ([], None)
+    assert s.scan(b"z", b"a", 10, 1000) == ([], None)
     with pytest.raises(ValueError):
         s.scan(b"", None, 0, 1000)
 
@@ -196,15 +198,16 @@ def test_scan_pages_continue_from_the_last_key_over_binary_keys(new_store: Facto
         got: list[tuple[bytes, bytes]] = []
         cursor = start
         while True:
-            page, more = s.scan(cursor, end, limit, max_bytes)
+            page, nxt = s.scan(cursor, end, limit, max_bytes)
             assert len(page) <= limit
             if len(page) > 1:
                 assert sum(len(k) + len(v) for k, v in page) <= max_bytes
             got += page
-            if not more:
+            if nxt is None:
                 break
-            assert page, "more=True on an empty page"
-            cursor = page[-1][0] + b"\x00"  # past the longest key: still correct
+            assert page, "a next key after an empty page"
+            assert nxt > page[-1][0]
+            cursor = nxt
         assert got == want, (start, end, limit, max_bytes)
 
 
