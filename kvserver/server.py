@@ -127,6 +127,7 @@ class KvNode:
             node_id, self.node.handle_request,
             SnapshotReceiver(node_id, self.state_machine.snapshot_dir)))
         self._started = False
+        self._stopped = False
 
     async def start(self) -> None:
         """Listen, then start ticking. Raises OSError if the port is taken."""
@@ -170,7 +171,11 @@ class KvNode:
         return new
 
     async def stop(self) -> None:
-        """Refuse new requests, stop Raft, close the port and the storage."""
+        """Refuse new requests, stop Raft, close the port and the storage.
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.service.shutting_down = True
         await self.provider.close()
         if self._started:

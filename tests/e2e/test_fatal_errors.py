@@ -47,4 +47,7 @@ def test_a_storage_failure_stops_the_node_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("kvserver: error: node 0 stopped: ") and "File too large" in last
+    # The WAL or the store's file is the first to pass the limit (LMDB
+    # reports the failed write as an I/O error of its file).
+    assert last.startswith("kvserver: error: node 0 stopped: ")
+    assert "File too large" in last or "kv.mdb" in last, last

@@ -23,11 +23,15 @@ WAIT = 20.0
 
 @asynccontextmanager
 async def cluster(tmp_path: Path, request_timeout: float = 2.0,
-                  limits: Limits | None = None) -> AsyncIterator[list[KvNode]]:
-    config = parse_config(format_config([("127.0.0.1", p) for p in free_ports(3)]))
-    options = [KvNodeOptions(tmp_path / f"n{i}", request_timeout=request_timeout,
-                             limits=limits or Limits()) for i in range(3)]
-    nodes = [KvNode(config, i, options[i]) for i in range(3)]
+                  limits: Limits | None = None, size: int = 3,
+                  **options: Any) -> AsyncIterator[list[KvNode]]:
+    """``size`` nodes, data dirs ``tmp_path/n<i>``; ``options`` are more
+    ``KvNodeOptions`` fields. A test may replace ``nodes[i]`` (``restart``):
+    whatever the list holds at the end is stopped."""
+    config = parse_config(format_config([("127.0.0.1", p) for p in free_ports(size)]))
+    nodes = [KvNode(config, i, KvNodeOptions(tmp_path / f"n{i}", request_timeout=request_timeout,
+                                             limits=limits or Limits(), **options))
+             for i in range(size)]
     try:
         for node in nodes:
             await node.start()
@@ -35,6 +39,15 @@ async def cluster(tmp_path: Path, request_timeout: float = 2.0,
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def restart(nodes: list[KvNode], i: int) -> KvNode:
+    """Stop ``nodes[i]`` (if it runs) and start a new node on its data dir."""
+    old = nodes[i]
+    await old.stop()
+    nodes[i] = KvNode(old.config, old.id, old.options)
+    await nodes[i].start()
+    return nodes[i]
 
 
 async def leader_of(nodes: list[KvNode]) -> KvNode:
