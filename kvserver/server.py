@@ -8,6 +8,7 @@ clients share the port, as in the seed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ DEFAULT_MAX_RAFT_STATE = 64 << 20
 DEFAULT_IDLE_TIMEOUT = 300.0
 
 log = logging.getLogger("kvserver.server")
+
+#: The loop watchdog wakes this often (seconds) and warns when a wake-up
+#: came later than ``LOOP_STALL_WARNING`` seconds: a step of the event loop
+#: held it that long (heartbeats and every request waited meanwhile).
+LOOP_WATCH_INTERVAL = 0.05
+LOOP_STALL_WARNING = 0.1
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class KvNode:
             SnapshotReceiver(node_id, self.state_machine.snapshot_dir)))
         self._started = False
         self._stopped = False
+        self._watchdog: asyncio.Task[None] | None = None
+        #: The longest event loop stall seen (seconds), for Status and tests.
+        self.max_loop_stall = 0.0
 
     async def start(self) -> None:
         """Listen, then start ticking. Raises OSError if the port is taken."""
@@ -145,8 +155,23 @@ class KvNode:
         self.node.set_transport(transport)
         await self.node.start()
         self._started = True
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_loop())
         log.info("node %d serving on %s (data dir %s)", self.id, self.address,
                  self.options.data_dir)
+
+    async def _watch_loop(self) -> None:
+        """Warn when the event loop was held longer than LOOP_STALL_WARNING:
+        nothing proportional to the data may run on it (issue 14), and this
+        is how an operator (and the scale benchmark) sees one that does."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_WATCH_INTERVAL)
+            stall = loop.time() - before - LOOP_WATCH_INTERVAL
+            if stall > self.max_loop_stall:
+                self.max_loop_stall = stall
+            if stall > LOOP_STALL_WARNING:
+                log.warning("node %d: event loop held for %.0f ms", self.id, stall * 1e3)
 
     async def hand_over_leadership(self) -> int | None:
         """If this node leads, transfer leadership to the most up-to-date
@@ -176,6 +201,8 @@ class KvNode:
         if self._stopped:
             return
         self._stopped = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self.service.shutting_down = True
         await self.provider.close()
         if self._started:

@@ -6,7 +6,8 @@ commit). The ``ReadyProcessor`` keeps ``Ready``'s ordering rule; this class
 only decides *where* the I/O runs: the fsync inline or in the
 ``StorageWorker``, snapshots always in the worker. While the worker has the
 storage the drain keeps taking Readys (a leader keeps replicating, everyone
-keeps applying) and holds their writes until the worker is done.
+keeps applying) and holds their writes until the worker is done; a
+snapshot's copy runs in its own thread and holds nothing.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Drain:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._snapshots.close()
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -75,7 +77,11 @@ class Drain:
             try:
                 self._before()
                 self._drain()
-                if self._snapshots.due(self._applied()):
+                snapshots = self._snapshots
+                if snapshots.copied:
+                    if not self._worker.busy:
+                        snapshots.commit(self._worker, self._snapshot_done)
+                elif snapshots.due(self._applied()):
                     self.snapshot_now()
             except Exception as exc:
                 self._fatal(exc)
@@ -116,12 +122,12 @@ class Drain:
 
     def snapshot_now(self) -> bool:
         """Snapshot the state machine at the applied index and compact the
-        log (in the worker, see ``raft.snapshotter``). False if it cannot
+        log (off the loop, see ``raft.snapshotter``). False if it cannot
         start now: a write is in flight (the state machine may be ahead of
-        the disk), the worker has the storage, or nothing is new."""
-        if self.stopped or self._worker.busy or self._proc.in_flight:
+        the disk), a snapshot is under way, or nothing is new."""
+        if self.stopped or self._proc.in_flight:
             return False
-        return self._snapshots.start(self._applied(), self._worker, self._snapshot_done)
+        return self._snapshots.start(self._applied(), self._snapshot_done)
 
     def _snapshot_done(self, exc: BaseException | None) -> None:
         if self.stopped:
@@ -129,4 +135,4 @@ class Drain:
         if exc is not None:
             self._fatal(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
         else:
-            self.wake()  # writes were held meanwhile
+            self.wake()  # to commit the copied snapshot, or write what was held

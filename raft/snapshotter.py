@@ -4,17 +4,25 @@ of that snapshot and the log compaction after it, off the event loop.
 The trigger is ``--max-raft-state`` (the seed's maxraftstate): bytes of log
 entries written since the last snapshot (``RaftStateSize``). A snapshot is
 taken only while no write is in flight (every taken Ready is durable): the
-state machine may otherwise be ahead of the disk, or built from a snapshot
-or entries the disk does not hold yet (``Ready`` rule 4 applies before the
-write). The state machine's bytes are taken on the loop, at one applied
-index; the snapshot file, its WAL record and the compaction (several fsyncs
-and a file as large as the state) are written by the ``StorageWorker``.
+state machine may otherwise be built from a snapshot the disk does not hold
+yet (``Ready`` rule 4 restores it before the write). Three steps:
+
+1. on the loop, at one applied index: the state machine's snapshot bytes
+   (for a state kept in a file, a marker);
+2. in the snapshot thread, while the node goes on writing: the state machine
+   made durable through that index (synced, or its file copied: as large as
+   the state, so it must not hold up the log's writes);
+3. in the ``StorageWorker``, which has the storage to itself meanwhile
+   (briefly): the snapshot recorded in the log (its file, a WAL record) and
+   the log before it compacted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from raft.node_types import NodeConfig, NodeMetrics, StateMachine
 from raft.raft_state_size import RaftStateSize
@@ -67,8 +75,12 @@ class Snapshotter:
         self._log = log
         #: The index of the newest snapshot (taken here or installed).
         self.index = storage.snapshot().meta.index
-        #: A snapshot is being written by the worker.
+        #: A snapshot is under way (being copied, or recorded by the worker).
         self.writing = False
+        #: Copied, waiting for ``commit``: (meta, the Raft snapshot's data).
+        self._copied: tuple[SnapshotMeta, bytes] | None = None
+        self._copier = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix=f"raft{config.id}-snapshot")
         # What --max-raft-state bounds (None: not tracked).
         self._size: RaftStateSize | None = None
         if config.max_raft_state is not None:
@@ -99,33 +111,61 @@ class Snapshotter:
         return (limit is not None and self._size is not None
                 and self._size.bytes >= limit and applied > self.index)
 
-    def start(self, applied: int, worker: StorageWorker,
-              on_done: Callable[[BaseException | None], None]) -> bool:
-        """Snapshot the state machine at ``applied`` and have ``worker``
-        write it and compact the log. The caller guarantees that no write is
-        in flight and that the worker is idle; ``on_done`` runs on the loop
-        when the worker is done, with the exception it raised, if any.
-        False if there is nothing to snapshot (``applied`` not newer, or not
-        yet in storage)."""
+    def start(self, applied: int, on_copied: Callable[[BaseException | None], None]) -> bool:
+        """Snapshot the state machine at ``applied``: its bytes now (on the
+        loop), then, in the snapshot thread, make it durable (synced, or its
+        file written: a copy of a large store takes a while, and the node
+        keeps writing meanwhile). ``on_copied`` runs on the loop when that is
+        done (with the exception it raised, if any); then ``commit``. The
+        caller guarantees that no write is in flight. False if there is
+        nothing to snapshot (``applied`` not newer, or not yet in storage)."""
         storage = self._storage
         if self.writing or applied <= self.index or applied > storage.last_index():
             return False
         data = self._fsm.snapshot()  # at ``applied``, on the loop
         peers = self._config.peers
-        compact_to = applied - self._config.snapshot_catchup_entries
-        self.writing = True
-
-        fsm = self._fsm
         meta = SnapshotMeta(index=applied, term=storage.term(applied), peers=peers)
+        self.writing = True
+        fsm = self._fsm
 
-        def job() -> None:
-            # The state machine durable through ``applied`` first: synced,
-            # or (state kept in a file) copied to the snapshot's file.
+        def copy() -> None:
+            # The state machine durable through ``applied`` before the log
+            # forgets it: synced, or (state kept in a file) copied to the
+            # snapshot's file.
             if isinstance(fsm, FileSnapshots):
                 fsm.save_snapshot(meta)
             else:
                 fsm.sync()
-            storage.create_snapshot(applied, data, peers)
+
+        def copied(fut: asyncio.Future[None]) -> None:
+            exc = None if fut.cancelled() else fut.exception()
+            if exc is not None:
+                self.writing = False
+            else:
+                self._copied = (meta, data)
+            on_copied(exc)
+
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(self._copier, copy).add_done_callback(copied)
+        return True
+
+    @property
+    def copied(self) -> bool:
+        """A snapshot is durable in the state machine, not yet in the log."""
+        return self._copied is not None
+
+    def commit(self, worker: StorageWorker,
+               on_done: Callable[[BaseException | None], None]) -> None:
+        """Record the copied snapshot in storage and compact the log, in
+        ``worker`` (the caller guarantees it is idle: storage is the
+        worker's meanwhile, briefly); ``on_done`` runs on the loop after."""
+        assert self._copied is not None
+        (meta, data), self._copied = self._copied, None
+        storage = self._storage
+        compact_to = meta.index - self._config.snapshot_catchup_entries
+
+        def job() -> None:
+            storage.create_snapshot(meta.index, data, meta.peers)
             if compact_to >= storage.first_index():
                 storage.compact(compact_to)
 
@@ -134,13 +174,16 @@ class Snapshotter:
             if exc is not None:
                 on_done(exc)
                 return
-            self.index = max(self.index, applied)
+            self.index = max(self.index, meta.index)
             self._metrics.snapshots_taken += 1
             if self._size is not None:
-                self._size.snapshotted(applied)
+                self._size.snapshotted(meta.index)
             self._log.info("node %d snapshot at index %d (%d bytes), log from %d",
-                           self._config.id, applied, len(data), storage.first_index())
+                           self._config.id, meta.index, len(data), storage.first_index())
             on_done(None)
 
         worker.run(job, done)
-        return True
+
+    def close(self) -> None:
+        """Wait for a copy in progress (its file must not close under it)."""
+        self._copier.shutdown(wait=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.node_ticker import ManualTicker
 from raft.storage import MemoryStorage, StorageError
 from raft.storage_worker import StorageWorker
-from raft.types import Entry, HardState, Message, MessageType, Snapshot
+from raft.types import Entry, HardState, Message, MessageType, Snapshot, SnapshotMeta
 from tests.raft.cluster import RecordingStateMachine
 
 
@@ -375,6 +376,50 @@ def test_snapshots_are_written_off_the_loop_and_hold_writes_meanwhile() -> None:
         assert storage.durable_last >= index
         main = threading.current_thread().name
         assert storage.snapshot_threads and main not in storage.snapshot_threads
+        await node.stop()
+
+    run(scenario)
+
+
+class SlowCopyStateMachine(RecordingStateMachine):
+    """A state machine whose snapshots are files, and whose file takes
+    until ``release`` to write (a large store)."""
+
+    def __init__(self, snapshot_dir: str) -> None:
+        super().__init__()
+        self.snapshot_dir = snapshot_dir
+        self.copying = threading.Event()
+        self.release = threading.Event()
+
+    def save_snapshot(self, meta: SnapshotMeta) -> int:
+        self.copying.set()
+        assert self.release.wait(5)
+        return 0
+
+
+def test_a_snapshot_copy_does_not_hold_up_writes(tmp_path: Path) -> None:
+    """Writing a store's snapshot file takes as long as the store is large;
+    the log's writes go on meanwhile (only recording the snapshot in the
+    log, afterwards, has the storage to itself)."""
+    async def scenario() -> None:
+        fsm = SlowCopyStateMachine(str(tmp_path))
+        storage = DeferredSyncStorage()
+        node = RaftNode(NodeConfig(id=0, peers=frozenset({0}), seed=1, max_raft_state=64,
+                                   snapshot_catchup_entries=0),
+                        storage, fsm, RecordingTransport(), ticker=ManualTicker())
+        await node.start()
+        await elect(node)
+        for i in range(10):
+            await node.propose(b"entry %d" % i)
+        await until(fsm.copying.is_set)
+        # The copy runs: proposals still commit, durable first.
+        for i in range(5):
+            index, _ = await asyncio.wait_for(node.propose(b"during %d" % i), 5)
+            assert storage.durable_last >= index
+        assert node.status().snapshot_index == 0
+        fsm.release.set()
+        await until(lambda: node.status().snapshot_index > 0)
+        assert node.status().first_index > 1
         await node.stop()
 
     run(scenario)
