@@ -305,31 +305,19 @@ class RaftLog:
 
     # -- committed entries --------------------------------------------------
 
-    def max_appliable_index(self) -> int:
-        """The highest committed index this node's disk holds: entries still
-        unstable (not yet written, or written and not yet durable) are not
-        applied, however committed (etcd ``maxAppliableIndex`` with
-        asynchronous storage writes). So a state machine kept on disk is
-        never ahead of the log after a crash."""
-        unstable = self.unstable
-        if unstable.entries:
-            return min(self.committed, unstable.offset - 1)
-        return self.committed
-
     def has_next_committed_entries(self) -> bool:
         if self.unstable.snapshot is not None:
             return False  # the snapshot must be installed first
         # Usually all committed entries are handed out already: answer that
         # without asking the storage for its first index.
-        hi = self.max_appliable_index()
-        return hi > self.applying and hi >= self.first_index()
+        return self.committed > self.applying and self.committed >= self.first_index()
 
     def next_committed_entries(self, max_bytes: int | None = None) -> list[Entry]:
-        """Committed, durable entries not yet handed out for applying."""
+        """Committed entries not yet handed out for applying."""
         if not self.has_next_committed_entries():
             return []
         lo = max(self.applying + 1, self.first_index())
-        return self.slice(lo, self.max_appliable_index() + 1, max_bytes)
+        return self.slice(lo, self.committed + 1, max_bytes)
 
     def accept_applying(self, index: int) -> None:
         self.applying = max(self.applying, index)

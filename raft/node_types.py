@@ -31,8 +31,10 @@ class StateMachine(Protocol):
     A state machine may keep its state on disk, unsynced: the Raft log is
     the durability point. It then reports at open what it holds
     (``applied_index``, ``applied_term``), and the node replays the log
-    from there; the core hands out only entries this node's disk holds
-    (``raft.core.Ready`` rule 4), so it is never ahead of the log."""
+    from there. It may also be ahead of the log: committed entries are
+    applied before this node's own write of them is durable (``Ready`` rule
+    4), so after a crash the node restarts its log after what the state
+    machine holds (``raft.snapshotter.recover_state_machine``)."""
 
     @property
     def applied_index(self) -> int:

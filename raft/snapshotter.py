@@ -41,11 +41,15 @@ def recover_state_machine(storage: Storage, state_machine: StateMachine,
     the applied index.
 
     A state machine behind the log's snapshot (one kept in memory, or one
-    on disk that was lost) is restored from it. One ahead of the log (a
-    leader's snapshot was swapped in, and the node stopped before its log
-    recorded it) makes the log restart after what it holds, as after
-    installing a snapshot: those entries are committed, so nothing is lost
-    by not holding them in the log. Entries after it are replayed."""
+    on disk that was lost) is restored from it. One ahead of the log (it
+    applied committed entries before this node's write of them was durable,
+    or a leader's snapshot was swapped in, and the node stopped before its
+    log recorded them) makes the log restart after what it holds, as after
+    installing a snapshot: those entries are committed, on a quorum's
+    disks, so nothing is lost by not holding them in this log. A state
+    machine whose snapshots are files first writes that snapshot's file
+    (the log's snapshot must always have one). Entries after it are
+    replayed."""
     snapshot = storage.snapshot()
     if not snapshot.empty and state_machine.applied_index < snapshot.meta.index:
         state_machine.restore(snapshot.data, snapshot.meta)
@@ -54,6 +58,8 @@ def recover_state_machine(storage: Storage, state_machine: StateMachine,
         log.warning("state machine holds entries through %d (term %d), the log only through "
                     "%d: the log restarts after them", applied, term, storage.last_index())
         meta = SnapshotMeta(index=applied, term=term, peers=peers)
+        if isinstance(state_machine, FileSnapshots):
+            state_machine.save_snapshot(meta)
         storage.save(None, (), Snapshot(meta=meta, data=state_machine.snapshot()))
         storage.sync()
     return applied

@@ -162,3 +162,35 @@ def test_a_data_dir_of_the_in_memory_release_is_converted(tmp_path: Path) -> Non
             await node.stop()
 
     run(scenario())
+
+
+def test_a_store_ahead_of_its_log_after_a_crash_gets_a_snapshot_file(tmp_path: Path) -> None:
+    """Committed entries are applied before this node's write of them is
+    durable; after a crash the store may hold entries the log lost. The log
+    restarts after them, and the snapshot that says so has its file."""
+    import logging
+
+    from kvserver.kv_store import LmdbKvStore
+    from kvserver.state_machine import DiskKvStateMachine
+    from raft.snapshot_stream import snapshot_path
+    from raft.snapshotter import recover_state_machine
+
+    def command(i: int) -> bytes:
+        return encode_command(kv_pb2.Command(op=kv_pb2.PUT, key=b"k%d" % i, value=b"v",
+                                             client_id=5, seq=i, ack_seq=1))
+
+    entries = [Entry(index=i, term=2, data=command(i)) for i in range(1, 6)]
+    storage = FileStorage(tmp_path / "log")
+    storage.save(HardState(term=2, vote=0, commit=2), entries[:3])  # the log lost 4 and 5
+    store = LmdbKvStore(str(tmp_path / "kv"))
+    sm = DiskKvStateMachine(store, str(tmp_path / "kv-snap"))
+    sm.apply(entries)
+    log = logging.LoggerAdapter(logging.getLogger("test"), {"node_id": 0})
+    try:
+        assert recover_state_machine(storage, sm, frozenset({0}), log) == 5
+        meta = storage.snapshot().meta
+        assert (meta.index, meta.term, storage.last_index()) == (5, 2, 5)
+        assert os.path.exists(snapshot_path(sm.snapshot_dir, meta))
+    finally:
+        storage.close()
+        store.close()
