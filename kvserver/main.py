@@ -30,7 +30,13 @@ from collections.abc import Sequence
 from kvserver import resources
 from kvserver.config import ConfigError, NodeAddress, load_config
 from kvserver.limits import Limits, LimitsError
-from kvserver.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RAFT_STATE, KvNode, KvNodeOptions
+from kvserver.server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_RAFT_STATE,
+    KvNode,
+    KvNodeOptions,
+    collect_old_objects_only_when_told,
+)
 from raft.storage import StorageError
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, byte_size, fail, positive_int
 from rpc.loop import run
@@ -160,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_db_bytes=args.max_db_bytes, limits=limits,
                             max_client_connections=max_clients,
                             idle_timeout=args.idle_timeout or None)
+    collect_old_objects_only_when_told()
     try:
         node = KvNode(config, args.id, options)
     except StorageError as exc:

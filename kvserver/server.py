@@ -9,6 +9,7 @@ clients share the port, as in the seed).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,21 @@ log = logging.getLogger("kvserver.server")
 #: held it that long (heartbeats and every request waited meanwhile).
 LOOP_WATCH_INTERVAL = 0.05
 LOOP_STALL_WARNING = 0.1
+#: Seconds between full garbage collections when no compaction came first.
+FULL_GC_INTERVAL = 300.0
+
+
+def collect_old_objects_only_when_told() -> None:
+    """Process-wide: stop Python's cyclic GC from scanning the oldest
+    generation on its own. Its full passes walk every live object, and the
+    Raft log holds one per entry until it is compacted (--max-raft-state):
+    a pass over 220,000 entries held the loop for 55 ms on an idle machine,
+    over 100 ms under load. ``KvNode`` runs the full pass itself right
+    after each compaction, when the log is smallest, and at least every
+    ``FULL_GC_INTERVAL`` seconds. The young generations are still
+    collected automatically (cheap: they hold only recent objects)."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -136,6 +152,8 @@ class KvNode:
         self._started = False
         self._stopped = False
         self._watchdog: asyncio.Task[None] | None = None
+        self._snapshots_seen = 0
+        self._last_full_gc = 0.0
         #: The longest event loop stall seen (seconds), for Status and tests.
         self.max_loop_stall = 0.0
 
@@ -167,11 +185,18 @@ class KvNode:
         while True:
             before = loop.time()
             await asyncio.sleep(LOOP_WATCH_INTERVAL)
-            stall = loop.time() - before - LOOP_WATCH_INTERVAL
+            now = loop.time()
+            stall = now - before - LOOP_WATCH_INTERVAL
             if stall > self.max_loop_stall:
                 self.max_loop_stall = stall
             if stall > LOOP_STALL_WARNING:
                 log.warning("node %d: event loop held for %.0f ms", self.id, stall * 1e3)
+            snapshots = self.node.metrics.snapshots_taken + self.node.metrics.snapshots_installed
+            if snapshots != self._snapshots_seen or now - self._last_full_gc > FULL_GC_INTERVAL:
+                # Right after a compaction the log is at its smallest: the
+                # full pass (see collect_old_objects_only_when_told) is cheap.
+                self._snapshots_seen, self._last_full_gc = snapshots, now
+                gc.collect()
 
     async def hand_over_leadership(self) -> int | None:
         """If this node leads, transfer leadership to the most up-to-date

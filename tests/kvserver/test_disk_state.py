@@ -194,3 +194,35 @@ def test_a_store_ahead_of_its_log_after_a_crash_gets_a_snapshot_file(tmp_path: P
     finally:
         storage.close()
         store.close()
+
+
+def test_the_full_garbage_collection_runs_after_a_compaction(tmp_path: Path) -> None:
+    """kvserver leaves the oldest generation to the node, which collects it
+    right after a compaction (when the Raft log is smallest)."""
+    import gc
+
+    from kvserver.server import collect_old_objects_only_when_told
+
+    saved = gc.get_threshold()
+    collect_old_objects_only_when_told()
+    try:
+        assert gc.get_threshold()[2] >= 1 << 30
+        before = gc.get_stats()[2]["collections"]
+
+        async def scenario() -> None:
+            async with cluster(tmp_path, max_raft_state=8 << 10, snapshot_catchup_entries=5,
+                               size=1) as nodes:
+                ck = AsyncClerk(servers(nodes), timeout=WAIT)
+                try:
+                    for i in range(200):
+                        await ck.put(b"g%d" % i, b"x" * 100)
+                    await until(lambda: nodes[0].node.metrics.snapshots_taken >= 2,
+                                "compactions")
+                    await until(lambda: gc.get_stats()[2]["collections"] >= before + 2,
+                                "full collections")
+                finally:
+                    await ck.close()
+
+        run(scenario())
+    finally:
+        gc.set_threshold(*saved)
