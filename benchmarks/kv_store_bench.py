@@ -38,7 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvserver.kv_store import KvStore, LmdbKvStore, MemoryKvStore
+from kvserver.kv_store import KvStore
+from kvserver.lmdb_store import LmdbKvStore
+from kvserver.memory_store import MemoryKvStore
 
 KEY_BYTES = 16
 VALUE_BYTES = 100

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvserver.config import ClusterConfig
-from kvserver.kv_store import LmdbKvStore
 from kvserver.limits import Limits
+from kvserver.lmdb_store import LmdbKvStore
 from kvserver.resources import peer_reserve
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import DiskKvStateMachine

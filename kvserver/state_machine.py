@@ -78,7 +78,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvserver import kv_pb2
-from kvserver.kv_store import KvStore, MemoryKvStore, WriteBatch
+from kvserver.kv_store import KvStore, WriteBatch
+from kvserver.memory_store import MemoryKvStore
 from raft.fileio import TMP_SUFFIX, OsFileSystem
 from raft.snapshot_stream import snapshot_path
 from raft.storage import StorageError
@@ -461,7 +462,7 @@ class DiskKvStateMachine(KvStateMachine):
     as the snapshot file of a Raft snapshot; it is what a follower that
     needs a snapshot is streamed, and what this node restores after its
     store was lost (a power failure may leave an unsynced LMDB file
-    damaged; ``kvserver.kv_store``). Only the newest file is kept.
+    damaged; ``kvserver.lmdb_store``). Only the newest file is kept.
     ``restore`` swaps a snapshot file in: a received one in O(1) (the
     receiver left a copy to consume), this node's own by copying it first
     (at start only). Raises ``StorageError`` when the file is missing."""

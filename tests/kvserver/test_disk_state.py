@@ -170,7 +170,7 @@ def test_a_store_ahead_of_its_log_after_a_crash_gets_a_snapshot_file(tmp_path: P
     restarts after them, and the snapshot that says so has its file."""
     import logging
 
-    from kvserver.kv_store import LmdbKvStore
+    from kvserver.lmdb_store import LmdbKvStore
     from kvserver.state_machine import DiskKvStateMachine
     from raft.snapshot_stream import snapshot_path
     from raft.snapshotter import recover_state_machine

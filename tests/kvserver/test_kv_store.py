@@ -20,15 +20,13 @@ import pytest
 
 from kvserver.kv_store import (
     MAX_KEY_BYTES,
-    OWNER_LOCK_FILE,
-    UNSYNCED_MARKER,
     KvStore,
     KvStoreError,
-    LmdbKvStore,
-    MemoryKvStore,
     StoreDamagedError,
     StoreFormatError,
 )
+from kvserver.lmdb_store import OWNER_LOCK_FILE, UNSYNCED_MARKER, LmdbKvStore
+from kvserver.memory_store import MemoryKvStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -512,7 +510,7 @@ def test_lmdb_kill_9_loses_no_commit(tmp_path: Path) -> None:
     d = tmp_path / "kv"
     child = _run_child("""
         import os, signal, sys
-        from kvserver.kv_store import LmdbKvStore
+        from kvserver.lmdb_store import LmdbKvStore
         s = LmdbKvStore(sys.argv[1])
         for n in range(50):
             with s.write() as b:
@@ -590,7 +588,7 @@ def test_lmdb_not_an_lmdb_file_is_damage(tmp_path: Path) -> None:
 _CRASH_CHILD = """
     import os, sys
     from raft.fileio import OsFileSystem
-    from kvserver.kv_store import LmdbKvStore
+    from kvserver.lmdb_store import LmdbKvStore
     directory, incoming, point = sys.argv[1:4]
     real_rename, real_fsync_dir = OsFileSystem.rename, OsFileSystem.fsync_dir
 
@@ -665,7 +663,7 @@ def test_lmdb_disk_errors_raise_oserror_and_roll_back(tmp_path: Path) -> None:
     # disk would (ENOSPC): the store must not treat it as a full map.
     child = _run_child("""
         import resource, signal, sys
-        from kvserver.kv_store import LmdbKvStore
+        from kvserver.lmdb_store import LmdbKvStore
         s = LmdbKvStore(sys.argv[1], fsync=False)
         with s.write() as b:
             b.put(b"kept", b"1")
