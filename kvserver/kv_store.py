@@ -27,7 +27,7 @@ the in-memory store's copy file: ``kvserver.memory_store``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Protocol
 
@@ -184,3 +184,21 @@ def meta_key(name: str) -> bytes:
 def check_scan(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"scan limit must be >= 1, not {limit}")
+
+
+def fill_page(pairs: list[tuple[bytes, bytes]], size: int,
+              items: Iterable[tuple[bytes, bytes]], end: bytes | None, limit: int,
+              max_bytes: int, overhead: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """The rule of ``KvStore.scan`` over ``items`` (pairs in key order from
+    the scan's start), appended to ``pairs`` (``size`` bytes so far): the
+    page and the first key not in it, or None when the range is done."""
+    for key, value in items:
+        if end is not None and key >= end:
+            return pairs, None
+        if len(pairs) >= limit:
+            return pairs, key
+        size += len(key) + len(value) + overhead
+        if size > max_bytes and pairs:
+            return pairs, key
+        pairs.append((key, value))
+    return pairs, None

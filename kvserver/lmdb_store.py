@@ -119,6 +119,7 @@ from kvserver.kv_store import (
     WriteBatch,
     check_key,
     check_scan,
+    fill_page,
     meta_key,
     session_key,
 )
@@ -493,16 +494,7 @@ class LmdbKvStore:
                     found = cur.next()
             if not found:
                 return pairs, None
-            for key, value in cur.iternext():
-                if end is not None and key >= end:
-                    return pairs, None
-                if len(pairs) >= limit:
-                    return pairs, key
-                size += len(key) + len(value) + overhead
-                if size > max_bytes and pairs:
-                    return pairs, key
-                pairs.append((key, value))
-        return pairs, None
+            return fill_page(pairs, size, cur.iternext(), end, limit, max_bytes, overhead)
 
     def key_count(self) -> int:
         txn = self._rtxn or self._reader()

@@ -40,6 +40,7 @@ from kvserver.kv_store import (
     WriteBatch,
     check_key,
     check_scan,
+    fill_page,
     meta_key,
     session_key,
 )
@@ -278,19 +279,8 @@ class MemoryKvStore:
         self._check_open()
         check_scan(limit)
         data = self._data
-        pairs: list[tuple[bytes, bytes]] = []
-        size = 0
-        for key in self._keys.iter_from(start):
-            if end is not None and key >= end:
-                return pairs, None
-            if len(pairs) >= limit:
-                return pairs, key
-            value = data[key]
-            size += len(key) + len(value) + overhead
-            if size > max_bytes and pairs:
-                return pairs, key
-            pairs.append((key, value))
-        return pairs, None
+        items = ((key, data[key]) for key in self._keys.iter_from(start))
+        return fill_page([], 0, items, end, limit, max_bytes, overhead)
 
     def key_count(self) -> int:
         self._check_open()
