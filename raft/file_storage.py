@@ -114,6 +114,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: Entries freed per step when compaction drops the head of the log.
+_FREE_SLICE = 4096
+
+
 class StorageLockedError(StorageError):
     """Another ``FileStorage`` (in this or another process) has the directory."""
 
@@ -457,8 +461,14 @@ class FileStorage(StoredLog):
             self._wal.write([CompactMark(index, term)], self._wal_state())
         except OSError as e:
             raise self._fail(e, "compact") from e
-        keep = self._entries[index - offset :]
-        self._entries = [Entry(index=index, term=term), *keep[1:]]
+        old = self._entries
+        self._entries = [Entry(index=index, term=term), *old[index - offset + 1 :]]
+        # Free the forgotten entries a slice at a time: this may run in the
+        # storage worker, and one deallocation of a whole log would hold the
+        # GIL (and so the event loop) for tens of milliseconds.
+        del old[index - offset + 1 :]
+        while old:
+            del old[-_FREE_SLICE:]
         self._release()
 
     def _cleanup(self, old_snap: Snapshot) -> None:
