@@ -81,7 +81,7 @@ from kvserver import kv_pb2
 from kvserver.kv_store import KvStore, WriteBatch
 from kvserver.memory_store import MemoryKvStore
 from raft.fileio import TMP_SUFFIX, OsFileSystem
-from raft.snapshot_stream import snapshot_path
+from raft.snapshot_stream import remove_older_snapshots, snapshot_path
 from raft.storage import StorageError
 from raft.types import Entry, EntryType, SnapshotMeta
 
@@ -303,8 +303,7 @@ class KvStateMachine:
         (``raft.node.StateMachine``): what each command did; None for a
         no-op entry, or one at or below ``applied_index`` (delivered again)."""
         results: list[Applied | None] = []
-        fresh = [e for e in entries if e.index > self._applied_index]
-        if not fresh:
+        if not entries or entries[-1].index <= self._applied_index:  # all delivered again
             return [None] * len(entries)
         with self._store.write() as batch:
             for entry in entries:
@@ -483,10 +482,7 @@ class DiskKvStateMachine(KvStateMachine):
         ``meta.index``; drop older files. Its size in bytes."""
         path = snapshot_path(self.snapshot_dir, meta)
         size = self._store.copy_to(path)
-        for name in os.listdir(self.snapshot_dir):
-            other = os.path.join(self.snapshot_dir, name)
-            if other != path and name.endswith(".snap") and name < os.path.basename(path):
-                os.remove(other)
+        remove_older_snapshots(self.snapshot_dir, meta)
         return size
 
     def restore(self, data: bytes, meta: SnapshotMeta | None = None) -> None:

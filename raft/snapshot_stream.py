@@ -47,7 +47,7 @@ from raft.fileio import OsFileSystem
 from raft.types import Message, MessageType, SnapshotMeta
 
 __all__ = ["CHUNK_BYTES", "FileSnapshots", "SnapshotReceiver", "SnapshotSender",
-           "snapshot_path"]
+           "remove_older_snapshots", "snapshot_path"]
 
 log = logging.getLogger("raft.snapshot_stream")
 
@@ -80,6 +80,15 @@ def _name(index: int, term: int) -> str:
 def snapshot_path(directory: str, meta: SnapshotMeta) -> str:
     """Where the file of snapshot ``meta`` lives in ``directory``."""
     return os.path.join(directory, _name(meta.index, meta.term) + ".snap")
+
+
+def remove_older_snapshots(directory: str, meta: SnapshotMeta) -> None:
+    """Delete the snapshot files (and copies left to install) in
+    ``directory`` older than ``meta``'s: only the newest is of any use."""
+    keep = _name(meta.index, meta.term)
+    for name in os.listdir(directory):
+        if _SNAP_RE.match(name) and name.split(".")[0] < keep:
+            os.remove(os.path.join(directory, name))
 
 
 class SnapshotSender:
@@ -231,12 +240,12 @@ class SnapshotReceiver:
                         offset=0, error=f"snapshot file damaged in transit ({size} bytes, "
                                         f"expected {req.size}; crc {crc:#x}, {req.crc32:#x})")
                 await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._make_ready, part, snapshot_path(self._dir, meta))
+                    self._pool, self._make_ready, part, snapshot_path(self._dir, meta), meta)
                 self._log.info("node %d: received snapshot %d/%d (%d bytes)", self._id,
                                req.index, req.snapshot_term, size)
             return raft_pb2.SnapshotChunkReply(offset=size)
 
-    def _make_ready(self, part: str, ready: str) -> None:
+    def _make_ready(self, part: str, ready: str, meta: SnapshotMeta) -> None:
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
         install = ready + ".install"
@@ -245,13 +254,8 @@ class SnapshotReceiver:
             os.fsync(f.fileno())
         os.rename(install + ".tmp", install)
         os.rename(part, ready)
-        fs = OsFileSystem()
-        fs.fsync_dir(self._dir)
-        keep = os.path.basename(ready)
-        for name in os.listdir(self._dir):  # older snapshot files are of no use now
-            m = _SNAP_RE.match(name)
-            if m and name.split(".")[0] < keep.split(".")[0]:
-                os.remove(os.path.join(self._dir, name))
+        OsFileSystem().fsync_dir(self._dir)
+        remove_older_snapshots(self._dir, meta)
 
     def _discard_part(self) -> None:
         if self._part is not None:
