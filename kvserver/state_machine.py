@@ -71,7 +71,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,8 +79,8 @@ from typing import NamedTuple
 from kvserver import kv_pb2
 from kvserver.kv_store import KvStore, WriteBatch
 from kvserver.memory_store import MemoryKvStore
-from raft.fileio import TMP_SUFFIX, OsFileSystem
-from raft.snapshot_stream import remove_older_snapshots, snapshot_path
+from raft.fileio import OsFileSystem
+from raft.snapshot_stream import install_copy, remove_older_snapshots, snapshot_path
 from raft.storage import StorageError
 from raft.types import Entry, EntryType, SnapshotMeta
 
@@ -493,14 +492,12 @@ class DiskKvStateMachine(KvStateMachine):
             return
         assert meta is not None
         path = snapshot_path(self.snapshot_dir, meta)
-        install = path + ".install"
-        if not os.path.exists(install):
-            if not os.path.exists(path):
-                raise StorageError(f"snapshot file {path} is missing: this node cannot "
-                                   f"restore its state at index {meta.index}")
-            log.info("copying snapshot %s to restore it", path)
-            shutil.copyfile(path, install + TMP_SUFFIX)
-            os.rename(install + TMP_SUFFIX, install)
+        if not os.path.exists(path):
+            raise StorageError(f"snapshot file {path} is missing: this node cannot "
+                               f"restore its state at index {meta.index}")
+        # A received file comes with its copy made (in the receiver's
+        # thread); this node's own is copied here, which happens at start.
+        install = install_copy(path)
         self._store.replace_with(install)
         OsFileSystem().fsync_dir(self.snapshot_dir)
         self._load()

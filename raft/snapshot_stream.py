@@ -47,7 +47,7 @@ from raft.fileio import OsFileSystem
 from raft.types import Message, MessageType, SnapshotMeta
 
 __all__ = ["CHUNK_BYTES", "FileSnapshots", "SnapshotReceiver", "SnapshotSender",
-           "remove_older_snapshots", "snapshot_path"]
+           "install_copy", "remove_older_snapshots", "snapshot_path"]
 
 log = logging.getLogger("raft.snapshot_stream")
 
@@ -80,6 +80,21 @@ def _name(index: int, term: int) -> str:
 def snapshot_path(directory: str, meta: SnapshotMeta) -> str:
     """Where the file of snapshot ``meta`` lives in ``directory``."""
     return os.path.join(directory, _name(meta.index, meta.term) + ".snap")
+
+
+def install_copy(path: str, source: str | None = None) -> str:
+    """A copy of snapshot file ``path`` (read from ``source``, default
+    ``path``) for the state machine to consume when it swaps it in
+    (``path + ".install"``: written to a temporary name, fsynced, renamed),
+    so that ``path`` itself stays this node's snapshot file. Made once; its
+    path. O(size): off the loop, or at start."""
+    install = path + ".install"
+    if not os.path.exists(install):
+        shutil.copyfile(source or path, install + ".tmp")
+        with open(install + ".tmp", "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(install + ".tmp", install)
+    return install
 
 
 def remove_older_snapshots(directory: str, meta: SnapshotMeta) -> None:
@@ -248,11 +263,9 @@ class SnapshotReceiver:
     def _make_ready(self, part: str, ready: str, meta: SnapshotMeta) -> None:
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
-        install = ready + ".install"
-        shutil.copyfile(part, install + ".tmp")
-        with open(install + ".tmp", "rb+") as f:
-            os.fsync(f.fileno())
-        os.rename(install + ".tmp", install)
+        # The copy first: once ``ready`` exists the node accepts the
+        # snapshot, and restoring it consumes the copy.
+        install_copy(ready, source=part)
         os.rename(part, ready)
         OsFileSystem().fsync_dir(self._dir)
         remove_older_snapshots(self._dir, meta)
