@@ -69,7 +69,6 @@ A PUT's or CAS's value is checked on arrival only: it cannot grow after.
 from __future__ import annotations
 
 import enum
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -93,8 +92,6 @@ __all__ = [
     "decode_command",
     "encode_command",
 ]
-
-log = logging.getLogger("kvserver.state_machine")
 
 SNAPSHOT_VERSION = 1
 DEFAULT_SESSION_TTL_MS = 3_600_000
