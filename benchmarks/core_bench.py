@@ -14,6 +14,7 @@ import time
 from random import Random
 
 from raft.core import Config, RaftCore
+from raft.membership import Membership
 from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
 from raft.types import Entry, Message, ReadState, Role, Snapshot, SoftState
@@ -42,6 +43,9 @@ class _Hooks:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def membership_changed(self, membership: Membership) -> None:
         pass
 
 

@@ -102,6 +102,39 @@ no `expected`, if the key is absent); the reply's `swapped` says which.
 """
 Global___Op: _TypeAlias = Op  # noqa: Y015
 
+class _MemberRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemberRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VOTER: _MemberRole.ValueType  # 0
+    LEARNER: _MemberRole.ValueType  # 1
+
+class MemberRole(_MemberRole, metaclass=_MemberRoleEnumTypeWrapper):
+    """Membership (dissertation chapter 4): one server changed at a time."""
+
+VOTER: MemberRole.ValueType  # 0
+LEARNER: MemberRole.ValueType  # 1
+Global___MemberRole: _TypeAlias = MemberRole  # noqa: Y015
+
+class _MemberChangeOp:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemberChangeOpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberChangeOp.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADD_LEARNER: _MemberChangeOp.ValueType  # 0
+    PROMOTE: _MemberChangeOp.ValueType  # 1
+    REMOVE: _MemberChangeOp.ValueType  # 2
+
+class MemberChangeOp(_MemberChangeOp, metaclass=_MemberChangeOpEnumTypeWrapper): ...
+
+ADD_LEARNER: MemberChangeOp.ValueType  # 0
+PROMOTE: MemberChangeOp.ValueType  # 1
+REMOVE: MemberChangeOp.ValueType  # 2
+Global___MemberChangeOp: _TypeAlias = MemberChangeOp  # noqa: Y015
+
 @_typing.final
 class GetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -519,6 +552,161 @@ class StatusReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusReply: _TypeAlias = StatusReply  # noqa: Y015
+
+@_typing.final
+class Member(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    MATCH_INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    address: _builtins.str
+    """"host:port" """
+    role: Global___MemberRole.ValueType
+    match_index: _builtins.int
+    """the leader's view; 0 from a follower"""
+    seen: _builtins.bool
+    """the cluster has heard from it: it held data, so an"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        address: _builtins.str = ...,
+        role: Global___MemberRole.ValueType = ...,
+        match_index: _builtins.int = ...,
+        seen: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "match_index", b"match_index", "role", b"role", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class MembershipRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MembershipRequest: _TypeAlias = MembershipRequest  # noqa: Y015
+
+@_typing.final
+class MembershipReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERR_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    COMMIT_INDEX_FIELD_NUMBER: _builtins.int
+    BOOTSTRAPPING_FIELD_NUMBER: _builtins.int
+    err: Global___ErrorCode.ValueType
+    """OK; SHUTTING_DOWN"""
+    cluster_id: _builtins.str
+    """hex; empty while this node waits to bootstrap"""
+    leader: _builtins.int
+    """-1: unknown"""
+    id: _builtins.int
+    """the answering node"""
+    commit_index: _builtins.int
+    bootstrapping: _builtins.bool
+    """this node has an empty data dir and waits for its peers"""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """the membership in this node's log (latest, even uncommitted)"""
+
+    def __init__(
+        self,
+        *,
+        err: Global___ErrorCode.ValueType = ...,
+        cluster_id: _builtins.str = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        leader: _builtins.int = ...,
+        id: _builtins.int = ...,
+        commit_index: _builtins.int = ...,
+        bootstrapping: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrapping", b"bootstrapping", "cluster_id", b"cluster_id", "commit_index", b"commit_index", "err", b"err", "id", b"id", "leader", b"leader", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MembershipReply: _TypeAlias = MembershipReply  # noqa: Y015
+
+@_typing.final
+class MemberChangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OP_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    op: Global___MemberChangeOp.ValueType
+    id: _builtins.int
+    address: _builtins.str
+    """ADD_LEARNER only"""
+    def __init__(
+        self,
+        *,
+        op: Global___MemberChangeOp.ValueType = ...,
+        id: _builtins.int = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "op", b"op"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberChangeRequest: _TypeAlias = MemberChangeRequest  # noqa: Y015
+
+@_typing.final
+class MemberChangeReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERR_FIELD_NUMBER: _builtins.int
+    LEADER_HINT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    err: Global___ErrorCode.ValueType
+    """OK once committed; WRONG_LEADER; TIMEOUT; BAD_REQUEST"""
+    leader_hint: _builtins.int
+    """(the change does not fit, or a promotion of a learner
+    that is not caught up: `error` says which)
+    """
+    error: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """the membership after the change, on OK"""
+
+    def __init__(
+        self,
+        *,
+        err: Global___ErrorCode.ValueType = ...,
+        leader_hint: _builtins.int = ...,
+        error: _builtins.str = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["err", b"err", "error", b"error", "leader_hint", b"leader_hint", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberChangeReply: _TypeAlias = MemberChangeReply  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):

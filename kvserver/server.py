@@ -206,7 +206,7 @@ class KvNode:
         within a round trip instead of an election timeout (the seed's
         300-500 ms of refused writes)."""
         node = self.node
-        if not self._started or not node.is_leader or len(node.config.peers) < 2:
+        if not self._started or not node.is_leader or len(node.membership.voters) < 2:
             return None
         start = time.monotonic()
         term = node.status().term

@@ -33,7 +33,8 @@ from typing import Any, TypeAlias, TypeVar
 from kvserver import kv_pb2
 from kvserver.limits import SCAN_PAIR_OVERHEAD, Limits
 from kvserver.state_machine import Applied, KvStateMachine, encode_command
-from raft.core import NotLeader, ProposalDropped
+from raft.core import ConfChangeError, ConfChangeRefused, NotLeader, ProposalDropped
+from raft.membership import ConfChange, ConfChangeOp
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
 from rpc import Promise, loop_deadlines, returns_future
@@ -88,8 +89,10 @@ class KvService:
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_db_bytes: int | None = None,
+        cluster_id: str = "",
     ) -> None:
-        """``max_db_bytes``: writes other than deletes are refused with
+        """``cluster_id``: what ``Membership`` reports (the data dir's).
+        ``max_db_bytes``: writes other than deletes are refused with
         NO_SPACE once the store uses that many bytes (etcd's quota: checked
         on the leader before a write enters the log, so every replica can
         apply every entry that does)."""
@@ -99,6 +102,7 @@ class KvService:
         self.request_timeout = request_timeout
         self.limits = (limits or Limits()).validate()
         self.max_db_bytes = max_db_bytes
+        self.cluster_id = cluster_id
         self.shutting_down = False
         # Cluster time (see the module doc): the term this node last led in,
         # the state machine's clock then, and the monotonic time then.
@@ -437,7 +441,7 @@ class KvService:
         if self.shutting_down:
             return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
         to = request.to
-        if to < -1 or (to >= 0 and to not in self._node.config.peers):
+        if to < -1 or (to >= 0 and to not in self._node.membership.voters):
             return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
                          error=f"node {to} is not in the cluster")
         try:
@@ -454,6 +458,58 @@ class KvService:
         log.info("node %d: leadership transferred to node %d on request",
                  self._node.id, leader)
         return reply(err=kv_pb2.OK, leader=leader, leader_hint=leader)
+
+    def _members(self) -> list[kv_pb2.Member]:
+        membership = self._node.membership
+        progress = self._node.member_progress()
+        return [
+            kv_pb2.Member(
+                id=n, address=membership.address(n),
+                role=kv_pb2.LEARNER if n in membership.learners else kv_pb2.VOTER,
+                match_index=progress[n].match if n in progress else 0,
+            )
+            for n in sorted(membership.members)
+        ]
+
+    async def Membership(self, request: kv_pb2.MembershipRequest) -> kv_pb2.MembershipReply:
+        """The membership in this node's log (dissertation 4.1: the latest,
+        committed or not), with the leader's match indexes when it leads."""
+        if self.shutting_down:
+            return kv_pb2.MembershipReply(err=kv_pb2.SHUTTING_DOWN, leader=-1)
+        st = self._node.status()
+        return kv_pb2.MembershipReply(
+            err=kv_pb2.OK, cluster_id=self.cluster_id, members=self._members(),
+            leader=self._leader_hint(), id=st.id, commit_index=st.commit)
+
+    async def ChangeMembership(
+        self, request: kv_pb2.MemberChangeRequest
+    ) -> kv_pb2.MemberChangeReply:
+        """One membership change (``RaftNode.change_membership``); OK once
+        committed and applied here, with the membership it made."""
+        reply = kv_pb2.MemberChangeReply
+        if self.shutting_down:
+            return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        ops = {kv_pb2.ADD_LEARNER: ConfChangeOp.ADD_LEARNER, kv_pb2.PROMOTE: ConfChangeOp.PROMOTE,
+               kv_pb2.REMOVE: ConfChangeOp.REMOVE}
+        op = ops.get(request.op)
+        if op is None:
+            return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
+                         error=f"unknown membership change op {request.op}")
+        change = ConfChange(op, request.id, request.address)
+        try:
+            await asyncio.wait_for(self._node.change_membership(change), self.request_timeout)
+        except NotLeader:
+            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        except ConfChangeError as exc:
+            return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
+                         error=str(exc))
+        except (ConfChangeRefused, ProposalDropped, LeadershipLost, TimeoutError) as exc:
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=str(exc) or "not committed in time")
+        except NodeStopped:
+            return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        log.info("node %d: membership change done: %s", self._node.id, change)
+        return reply(err=kv_pb2.OK, leader_hint=self._leader_hint(), members=self._members())
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()

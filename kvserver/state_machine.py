@@ -79,6 +79,7 @@ from kvserver import kv_pb2
 from kvserver.kv_store import KvStore, WriteBatch
 from kvserver.memory_store import MemoryKvStore
 from raft.fileio import OsFileSystem
+from raft.membership import Membership
 from raft.snapshot_stream import install_copy, remove_older_snapshots, snapshot_path
 from raft.storage import StorageError
 from raft.types import Entry, EntryType, SnapshotMeta
@@ -177,6 +178,7 @@ def decode_command(data: bytes) -> kv_pb2.Command:
 _META_APPLIED_INDEX = "applied_index"
 _META_APPLIED_TERM = "applied_term"
 _META_CLOCK_MS = "clock_ms"
+_META_MEMBERSHIP = "membership"
 #: The Raft snapshot data of a ``DiskKvStateMachine``: the state is the
 #: snapshot file, not these bytes (an older release's data dir holds a
 #: ``KvSnapshot`` there instead, which ``restore`` still reads).
@@ -225,6 +227,8 @@ class KvStateMachine:
         self._clock_ms = 0
         self._applied_index = 0
         self._applied_term = 0
+        self._applied_membership: Membership | None = None
+        self._membership_dirty = False
         self._load()
 
     def _load(self) -> None:
@@ -233,6 +237,8 @@ class KvStateMachine:
         self._applied_index = int.from_bytes(store.get_meta(_META_APPLIED_INDEX) or b"", "big")
         self._applied_term = int.from_bytes(store.get_meta(_META_APPLIED_TERM) or b"", "big")
         self._clock_ms = int.from_bytes(store.get_meta(_META_CLOCK_MS) or b"", "big")
+        membership = store.get_meta(_META_MEMBERSHIP)
+        self._applied_membership = Membership.decode(membership) if membership else None
         loaded = []
         for client_id, blob in store.sessions():
             pb = kv_pb2.Session()
@@ -289,6 +295,16 @@ class KvStateMachine:
     def applied_term(self) -> int:
         return self._applied_term
 
+    @property
+    def applied_membership(self) -> Membership | None:
+        """The membership of the last configuration entry applied, or of the
+        snapshot restored (``raft.node.StateMachine``); None before any."""
+        return self._applied_membership
+
+    def _set_membership(self, membership: Membership) -> None:
+        self._applied_membership = membership
+        self._membership_dirty = True
+
     def value_size(self, key: bytes) -> int:
         """Bytes of ``key``'s value (0 when absent)."""
         value = self._store.get(key)
@@ -307,8 +323,12 @@ class KvStateMachine:
                     results.append(None)
                     continue
                 self._applied_index, self._applied_term = entry.index, entry.term
-                results.append(self._apply_command(batch, entry.index, entry.data)
-                                if entry.type is EntryType.NORMAL else None)
+                if entry.type is EntryType.NORMAL:
+                    results.append(self._apply_command(batch, entry.index, entry.data))
+                    continue
+                if entry.type is EntryType.CONF_CHANGE:
+                    self._set_membership(Membership.decode(entry.data))
+                results.append(None)
             self._finish(batch)
         return results
 
@@ -378,6 +398,9 @@ class KvStateMachine:
         batch.set_meta(_META_APPLIED_INDEX, _u64(self._applied_index))
         batch.set_meta(_META_APPLIED_TERM, _u64(self._applied_term))
         batch.set_meta(_META_CLOCK_MS, _u64(self._clock_ms))
+        if self._membership_dirty and self._applied_membership is not None:
+            batch.set_meta(_META_MEMBERSHIP, self._applied_membership.encode())
+            self._membership_dirty = False
 
     def _expire_sessions(self) -> None:
         horizon = self._clock_ms - self.session_ttl_ms
@@ -428,6 +451,8 @@ class KvStateMachine:
                 )
         if meta is not None:
             self._applied_index, self._applied_term = meta.index, meta.term
+            if not meta.membership.empty:
+                self._set_membership(meta.membership)
         store = self._store
         old_keys: list[bytes] = []
         start: bytes | None = b""
@@ -498,6 +523,10 @@ class DiskKvStateMachine(KvStateMachine):
         self._store.replace_with(install)
         OsFileSystem().fsync_dir(self.snapshot_dir)
         self._load()
+        if not meta.membership.empty:
+            # Written with the next applied batch (the copy may predate
+            # this field, or hold an older membership).
+            self._set_membership(meta.membership)
         if self._applied_index < meta.index:
             raise StorageError(f"snapshot file {path} holds entries through "
                                f"{self._applied_index}, not {meta.index}")

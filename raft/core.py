@@ -35,6 +35,7 @@ from random import Random
 from typing import Final
 
 from raft.log import RaftLog
+from raft.membership import ConfChange, ConfChangeError, Membership
 from raft.progress import Progress, ProgressState
 from raft.quorum import VoteResult, committed_index, has_quorum, vote_result
 from raft.read_only import ReadOnly
@@ -56,6 +57,8 @@ from raft.types import (
 
 __all__ = [
     "TRANSFER_CONTEXT",
+    "ConfChangeError",
+    "ConfChangeRefused",
     "Config",
     "NotLeader",
     "PeerStatus",
@@ -102,6 +105,7 @@ _AFTER_PERSIST: Final = frozenset(
 #: proposal, Ready and acknowledgement.
 _LEADER: Final = Role.LEADER
 _NORMAL: Final = EntryType.NORMAL
+_CONF_CHANGE: Final = EntryType.CONF_CHANGE
 
 
 class NotLeader(Exception):
@@ -116,10 +120,18 @@ class ProposalDropped(Exception):
     """The leader refuses proposals for now (a leadership transfer is under way)."""
 
 
+class ConfChangeRefused(Exception):
+    """The leader cannot take a membership change *yet*: the previous change
+    is not committed, or no entry of its own term is (dissertation 4.1 and
+    Ongaro's 2015 correction). Retrying later may succeed; a change that
+    can never apply raises ``ConfChangeError`` instead."""
+
+
 @dataclass(frozen=True)
 class Config:
     id: int
-    #: Voters, this node included. A set, not a constant: membership changes later.
+    #: The bootstrap voters, this node included: the membership until the
+    #: log or a snapshot holds one (then theirs is used, and this is ignored).
     peers: frozenset[int]
     #: Injected randomness; the election timeout is drawn from
     #: ``[election_tick, election_tick + election_jitter)`` (paper 5.2).
@@ -146,6 +158,12 @@ class Config:
     snapshot_chunk_size: int = 1 << 20
     #: Last applied index on restart (entries up to it are not handed out again).
     applied: int = 0
+    #: The bootstrap membership with learners and addresses; when set it
+    #: takes the place of ``peers``.
+    membership: Membership | None = None
+
+    def bootstrap_membership(self) -> Membership:
+        return self.membership if self.membership is not None else Membership.of(self.peers)
 
     def __post_init__(self) -> None:
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
@@ -211,6 +229,10 @@ class Ready:
     messages_after_persist: tuple[Message, ...] = ()
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
+    #: The membership in force, if it changed since the last Ready (a
+    #: configuration entry was appended, truncated away or restored from a
+    #: snapshot): the driver learns new members' addresses from it.
+    membership: Membership | None = None
     #: The writes must be fsynced before rule 3: new entries, a snapshot, or
     #: a new term or vote. A commit index alone need not be (etcd MustSync):
     #: it is recomputed from a quorum after a crash.
@@ -226,6 +248,7 @@ class Ready:
             or self.messages_after_persist
             or self.committed_entries
             or self.read_states
+            or self.membership
         )
 
 
@@ -236,6 +259,7 @@ class PeerStatus:
     state: ProgressState
     recent_active: bool
     inflight: int
+    learner: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +273,15 @@ class Status:
     applied: int
     last_index: int
     first_index: int
-    #: Leader only: what it knows about each voter (empty otherwise).
+    #: Leader only: what it knows about each member, learners included
+    #: (empty otherwise).
     progress: dict[int, PeerStatus] = field(default_factory=dict)
     lead_transferee: int = NONE
+    membership: Membership = field(default_factory=Membership)
+    #: Index of the configuration entry ``membership`` comes from (0 or the
+    #: snapshot's index when it comes from there); committed once
+    #: ``commit`` reaches it.
+    membership_index: int = 0
 
 
 @dataclass(slots=True)
@@ -267,9 +297,24 @@ class RaftCore:
         self._cfg = config
         self._id = config.id
         self._rng = config.rng
-        hard_state, snap_peers = storage.initial_state()
-        self._peers: frozenset[int] = config.peers or snap_peers
+        hard_state, snap_membership = storage.initial_state()
         self.log = RaftLog(storage)
+        # The membership in force is the latest configuration in the log,
+        # committed or not (dissertation 4.1); before any, the snapshot's;
+        # before any snapshot, the bootstrap one. ``_confs`` keeps each of
+        # them with its (index, term), oldest first, so that a truncated
+        # configuration entry can be rolled back and a snapshot at any
+        # applied index can record the membership of its time.
+        snap_meta = storage.snapshot().meta
+        base = snap_membership if not snap_membership.empty else config.bootstrap_membership()
+        self._confs: list[tuple[int, int, Membership]] = [(snap_meta.index, snap_meta.term, base)]
+        if self.log.last_index() >= self.log.first_index():
+            for e in self.log.slice(self.log.first_index(), self.log.last_index() + 1):
+                if e.type is _CONF_CHANGE:
+                    self._confs.append((e.index, e.term, Membership.decode(e.data)))
+        self._membership = self._confs[-1][2]
+        #: The membership the last Ready reported (see ``Ready.membership``).
+        self._reported_membership = self._membership
         self.progress: dict[int, Progress] = {}
 
         self._term = 0
@@ -346,7 +391,27 @@ class RaftCore:
 
     @property
     def peers(self) -> frozenset[int]:
-        return self._peers
+        """The voters of the membership in force."""
+        return self._membership.voters
+
+    @property
+    def membership(self) -> Membership:
+        """The membership in force: the latest in the log, even uncommitted."""
+        return self._membership
+
+    @property
+    def membership_index(self) -> int:
+        """Index of the entry ``membership`` comes from (or of the snapshot
+        that holds it; 0 for the bootstrap membership)."""
+        return self._confs[-1][0]
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership as of log index ``index``: what a snapshot taken at
+        ``index`` records."""
+        for conf_index, _term, membership in reversed(self._confs):
+            if conf_index <= index:
+                return membership
+        return self._confs[0][2]
 
     @property
     def config(self) -> Config:
@@ -384,6 +449,37 @@ class RaftCore:
             raise ProposalDropped(f"leadership transfer to {self._lead_transferee} in progress")
         return self._append_entry(data, _NORMAL)
 
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append the membership that ``change`` makes of the current one;
+        returns its index. It is in force on this leader at once, and on
+        every node once in its log (dissertation 4.1); it is done when
+        committed. Learners receive the log but neither vote nor count
+        toward any majority.
+
+        Raises ``NotLeader``, ``ProposalDropped`` (a transfer is under way),
+        ``ConfChangeRefused`` (not yet: see ``_may_change_membership``) or
+        ``ConfChangeError`` (the change does not fit the membership)."""
+        if self._role is not _LEADER:
+            raise NotLeader(self._leader)
+        if self._lead_transferee != NONE:
+            raise ProposalDropped(f"leadership transfer to {self._lead_transferee} in progress")
+        pending = self._confs[-1][0]
+        if pending > self.log.committed:
+            # One change at a time: two uncommitted single-server changes
+            # may together be a two-server change, whose old and new
+            # majorities need not overlap (dissertation 4.1).
+            raise ConfChangeRefused(
+                f"the previous membership change (log index {pending}) is not committed yet"
+            )
+        if not self._may_change_membership():
+            raise ConfChangeRefused(
+                "this leader has not yet committed an entry of its own term"
+            )
+        new = self._membership.applied(change)
+        index = self._append_entry(new.encode(), _CONF_CHANGE)
+        self._adopt_conf(index, self._term, new)
+        return index
+
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read (dissertation 6.4). A ``ReadState``
         with this ``context`` appears in a later Ready, unless leadership is
@@ -401,7 +497,7 @@ class RaftCore:
         """Hand leadership to ``to`` (dissertation 3.10)."""
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
-        if to not in self.progress:
+        if to not in self._membership.voters:
             raise ValueError(f"{to} is not a voter")
         if to == self._id or to == self._lead_transferee:
             return
@@ -471,6 +567,8 @@ class RaftCore:
         # most frequent first; "nothing to do" is the path that runs them all.
         if self._msgs or self._msgs_after_persist or self._read_states:
             return True
+        if self._membership is not self._reported_membership:
+            return True
         if (self._bcast_entries or self._bcast_commit) and self._role is _LEADER:
             return True
         log = self.log
@@ -512,6 +610,9 @@ class RaftCore:
         committed = tuple(self.log.next_committed_entries())
         if committed:
             self.log.accept_applying(committed[-1].index)
+        membership: Membership | None = None
+        if self._membership is not self._reported_membership:
+            membership = self._reported_membership = self._membership
         rd = Ready(
             soft_state=soft,
             hard_state=hard,
@@ -522,6 +623,7 @@ class RaftCore:
             committed_entries=committed,
             read_states=tuple(self._read_states),
             must_sync=must_sync or bool(entries) or snapshot is not None,
+            membership=membership,
         )
         self._msgs = []
         self._msgs_after_persist = []
@@ -548,8 +650,10 @@ class RaftCore:
     def status(self) -> Status:
         progress: dict[int, PeerStatus] = {}
         if self._role is Role.LEADER:
+            learners = self._membership.learners
             progress = {
-                p: PeerStatus(pr.match, pr.next, pr.state, pr.recent_active, len(pr.inflights))
+                p: PeerStatus(pr.match, pr.next, pr.state, pr.recent_active, len(pr.inflights),
+                              p in learners)
                 for p, pr in self.progress.items()
             }
         return Status(
@@ -564,6 +668,8 @@ class RaftCore:
             first_index=self.log.first_index(),
             progress=progress,
             lead_transferee=self._lead_transferee,
+            membership=self._membership,
+            membership_index=self._confs[-1][0],
         )
 
     # -- overridable rules --------------------------------------------------------
@@ -573,7 +679,9 @@ class RaftCore:
         but only if that entry is from the current term (paper 5.4.2, Figure
         8: counting replicas does not commit entries of earlier terms; they
         are committed indirectly by Log Matching)."""
-        index = committed_index(self._peers, {p: pr.match for p, pr in self.progress.items()})
+        index = committed_index(
+            self._membership.voters, {p: pr.match for p, pr in self.progress.items()}
+        )
         if index <= self.log.committed or self.log.term(index) != self._term:
             return False
         self.log.commit_to(index)
@@ -590,6 +698,15 @@ class RaftCore:
             or (m.type is MT.PRE_VOTE and m.term > self._term)
         )
         return can_vote and self.log.is_up_to_date(m.index, m.log_term)
+
+    def _may_change_membership(self) -> bool:
+        """A leader proposes a membership change only once it has committed
+        an entry of its own term (Ongaro, raft-dev, 2015: without this rule a
+        leader elected under one configuration can append a change that, with
+        a change of a previous term's leader still in other logs, lets two
+        disjoint majorities decide; hashicorp/raft and etcd-io/raft keep the
+        same rule). The new leader's no-op entry makes this quick."""
+        return self._committed_in_current_term()
 
     # -- role transitions ---------------------------------------------------------
 
@@ -610,7 +727,7 @@ class RaftCore:
         self._bcast_entries = self._bcast_commit = False
         last = self.log.last_index()
         self.progress = {}
-        for p in sorted(self._peers):
+        for p in sorted(self._membership.members | {self._id}):
             pr = Progress(last + 1, self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes)
             if p == self._id:
                 pr.match = self.log.persisted_index()
@@ -660,7 +777,10 @@ class RaftCore:
     # -- elections ----------------------------------------------------------------
 
     def _promotable(self) -> bool:
-        return self._id in self._peers
+        # Learners and removed servers never campaign (dissertation 4.2.1,
+        # 4.2.2); a learner still answers vote requests, since a promotion
+        # may be committed before the learner has it in its log.
+        return self._id in self._membership.voters
 
     def _hup(self, transfer: bool) -> None:
         if self._role is Role.LEADER or not self._promotable():
@@ -691,7 +811,7 @@ class RaftCore:
         last = self.log.last_index()
         last_term = self.log.last_term()
         ctx = TRANSFER_CONTEXT if transfer else b""
-        for p in sorted(self._peers):
+        for p in sorted(self._membership.voters):
             if p != self._id:
                 self._send(
                     Message(
@@ -701,7 +821,7 @@ class RaftCore:
 
     def _poll(self, peer: int, granted: bool) -> VoteResult:
         self._votes.setdefault(peer, granted)
-        return vote_result(self._peers, self._votes)
+        return vote_result(self._membership.voters, self._votes)
 
     def _handle_vote_request(self, m: Message) -> None:
         resp = MT.VOTE_RESPONSE if m.type is MT.VOTE else MT.PRE_VOTE_RESPONSE
@@ -732,7 +852,7 @@ class RaftCore:
                 # Dissertation 6.2: a leader that cannot reach a majority
                 # within an election timeout steps down.
                 active = [p for p, pr in self.progress.items() if pr.recent_active]
-                if not has_quorum(self._peers, active):
+                if not has_quorum(self._membership.voters, active):
                     self._become_follower(self._term, NONE)
                     return
                 for p, pr in self.progress.items():
@@ -832,6 +952,8 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if m.entries:
+                self._track_confs(m.index, m.entries)
             self._send(Message(MT.APPEND_RESPONSE, self._id, m.src, self._term, index=last_new,
                 reply_to=m.reply_to))
             return
@@ -864,6 +986,18 @@ class RaftCore:
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader sends commit = min(our match, its commit): we hold (and
         # have persisted) every entry up to it, and they match the leader's.
+        if m.commit > self.log.last_index():
+            # ... unless this node lost entries it acknowledged (an emptied
+            # learner rejoining; a voter never may, see the node identity
+            # checks). Say what we hold, as a rejected append would, and the
+            # leader starts over from there.
+            self._send(
+                Message(
+                    MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context,
+                    reject=True, reject_hint=self.log.last_index(), reply_to=m.reply_to,
+                )
+            )
+            return
         self.log.commit_to(m.commit)
         self._send(Message(MT.HEARTBEAT_RESPONSE, self._id, m.src, self._term, context=m.context,
             reply_to=m.reply_to))
@@ -935,9 +1069,84 @@ class RaftCore:
             return False
         # Rule 7: discard the entire log.
         self.log.restore(snap)
-        if meta.peers:
-            self._peers = meta.peers
+        membership = meta.membership if not meta.membership.empty else self._membership
+        self._confs = [(meta.index, meta.term, membership)]
+        self._use_membership(membership)
         return True
+
+    # -- membership ---------------------------------------------------------------
+
+    def _adopt_conf(self, index: int, term: int, membership: Membership) -> None:
+        """A configuration entry is in this node's log: it is in force."""
+        confs = self._confs
+        confs.append((index, term, membership))
+        # Configurations the last snapshot covers are needed no more, but
+        # for the one in force at the snapshot's index.
+        snap_index = self.log.first_index() - 1
+        while len(confs) > 1 and confs[1][0] <= snap_index:
+            confs.pop(0)
+        self._use_membership(membership)
+
+    def _track_confs(self, prev: int, entries: tuple[Entry, ...]) -> None:
+        """After appending ``entries`` at ``prev + 1``: roll back the
+        configurations whose entries were truncated away, adopt the new ones
+        (dissertation 4.1: "a log entry for a configuration change may be
+        removed ... the server must be prepared to fall back")."""
+        confs = self._confs
+        changed = False
+        while (
+            len(confs) > 1
+            and confs[-1][0] > prev
+            and not self.log.match_term(confs[-1][0], confs[-1][1])
+        ):
+            confs.pop()
+            changed = True
+        newest = confs[-1][0]
+        for e in entries:
+            if e.type is _CONF_CHANGE and e.index > newest:
+                self._adopt_conf(e.index, e.term, Membership.decode(e.data))
+                changed = False
+        if changed:
+            self._use_membership(confs[-1][2])
+
+    def _use_membership(self, membership: Membership) -> None:
+        old, self._membership = self._membership, membership
+        if self._role is not _LEADER:
+            return
+        # The leader tracks every member: new ones start as probes (at the
+        # end of its log, backing off from there); removed ones are
+        # forgotten, except itself (it leads until its removal commits).
+        last = self.log.last_index()
+        for p in sorted(membership.members - old.members):
+            if p not in self.progress:
+                pr = Progress(last + 1, self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes)
+                pr.recent_active = True
+                self.progress[p] = pr
+        # A removed member keeps being sent the log until its removal
+        # commits (``_forget_removed``): so it learns it was removed, and
+        # stops campaigning, instead of timing out and disrupting the others.
+        if self._lead_transferee != NONE and self._lead_transferee not in membership.voters:
+            self._lead_transferee = NONE
+
+    def _forget_removed(self) -> None:
+        """The removal of members is committed: send each the commit index
+        (so it knows it is out for good), then stop tracking it."""
+        members = self._membership.members
+        for p in [p for p in self.progress if p not in members and p != self._id]:
+            self._send_append_all(p, send_if_empty=True)
+            del self.progress[p]
+
+    def _step_down_if_removed(self) -> None:
+        """Dissertation 4.2.2: a leader that is not in the configuration it
+        committed steps down. It first tells the most up-to-date voter to
+        campaign at once (3.10), so the cluster does not wait out an
+        election timeout."""
+        voters = self._membership.voters
+        progress = self.progress
+        best = max(sorted(voters), key=lambda p: progress[p].match if p in progress else -1)
+        if best in self.progress and self.progress[best].match == self.log.last_index():
+            self._send_timeout_now(best)
+        self._become_follower(self._term, NONE)
 
     # -- leader: replication ------------------------------------------------------
 
@@ -1027,7 +1236,8 @@ class RaftCore:
             if pr.match + 1 >= self.log.first_index():
                 pr.become_replicate()
             self._commit_if_possible()
-            self._send_append_all(m.src, send_if_empty=True)
+            if self._role is _LEADER:  # not if that commit removed it
+                self._send_append_all(m.src, send_if_empty=True)
             return
         if not pr.maybe_update(m.index):
             return
@@ -1035,7 +1245,10 @@ class RaftCore:
             pr.become_replicate()
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
-        if not self._commit_if_possible() and was_paused:
+        if self._commit_if_possible():
+            if self._role is not _LEADER:
+                return  # that commit removed this leader (_step_down_if_removed)
+        elif was_paused:
             self._send_append_all(m.src, send_if_empty=True)
         self._send_append_all(m.src, send_if_empty=False)
         if m.src == self._lead_transferee and pr.match == self.log.last_index():
@@ -1044,6 +1257,13 @@ class RaftCore:
     def _commit_if_possible(self) -> bool:
         if not self._maybe_commit():
             return False
+        if self.log.committed >= self._confs[-1][0] and len(self.progress) > len(
+            self._membership.members
+        ):
+            self._forget_removed()
+        if self._id not in self._membership.voters and self.log.committed >= self._confs[-1][0]:
+            self._step_down_if_removed()
+            return True
         self._bcast_commit = self._cfg.broadcast_commit
         if self._pending_reads and self._committed_in_current_term():
             reads, self._pending_reads = self._pending_reads, []
@@ -1072,6 +1292,9 @@ class RaftCore:
 
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
+        if m.reject and m.reject_hint < pr.match:
+            # The peer holds less than it acknowledged (see _handle_heartbeat).
+            pr.lost_entries(m.reject_hint)
         pr.probe_sent = False
         if pr.state is ProgressState.REPLICATE and pr.inflights.full():
             # The peer is alive but the window is stuck: its acks (or our
@@ -1079,7 +1302,7 @@ class RaftCore:
             pr.inflights.free_first_one()
         if pr.state is not ProgressState.SNAPSHOT and pr.match < self.log.last_index():
             self._send_append_all(m.src, send_if_empty=True)
-        if m.context and self._read_only.recv_ack(m.src, m.context, self._peers):
+        if m.context and self._read_only.recv_ack(m.src, m.context, self._membership.voters):
             for st in self._read_only.advance(m.context):
                 self._read_states.append(ReadState(st.index, st.context))
 
@@ -1087,7 +1310,7 @@ class RaftCore:
         """Dissertation 6.4 steps 2-3: record commit as the read index and
         confirm leadership with a heartbeat round."""
         index = self.log.committed
-        if has_quorum(self._peers, [self._id]):
+        if has_quorum(self._membership.voters, [self._id]):
             # Single-node cluster: we are the majority.
             self._read_states.extend(ReadState(index, c) for c in contexts)
             return

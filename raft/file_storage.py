@@ -81,6 +81,7 @@ from raft.manifest import (
     MissingDurableStateError,
     load_manifest,
 )
+from raft.membership import Membership
 from raft.snapshot_store import CorruptSnapshotError, SnapshotStore
 from raft.storage import (
     CompactedError,
@@ -428,7 +429,7 @@ class FileStorage(StoredLog):
         except OSError as e:
             raise self._fail(e, "sync") from e
 
-    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> Snapshot:
         self._check_writable()
         if index <= self._snapshot.meta.index:
             raise SnapshotOutOfDateError(
@@ -436,7 +437,7 @@ class FileStorage(StoredLog):
             )
         if index > self.last_index():
             raise UnavailableError(f"snapshot index {index} beyond last {self.last_index()}")
-        meta = SnapshotMeta(index=index, term=self.term(index), peers=peers)
+        meta = SnapshotMeta(index=index, term=self.term(index), membership=membership)
         snap = Snapshot(meta=meta, data=data)
         try:
             self._snaps.save(snap)

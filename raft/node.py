@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from raft.core import NotLeader, RaftCore
+from raft.core import NotLeader, PeerStatus, RaftCore
+from raft.membership import ConfChange, Membership
 from raft.node_drain import Drain
 from raft.node_ticker import LoopTicker, Ticker
 from raft.node_transfer import TransferWaiters, best_transfer_target
@@ -91,7 +92,8 @@ class RaftNode:
         self._fsm = state_machine
         self._transport = transport
         self._log = logging.LoggerAdapter(log, {"node_id": config.id})
-        applied = recover_state_machine(storage, state_machine, config.peers, self._log)
+        applied = recover_state_machine(storage, state_machine, config.bootstrap_membership(),
+                                        self._log)
         self._applied = applied
         self._core = RaftCore(config.core_config(applied), storage)
         self._proc = ReadyProcessor(self._core, storage, self)
@@ -110,7 +112,10 @@ class RaftNode:
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self.metrics = NodeMetrics()
-        self._snapshots = Snapshotter(config, storage, state_machine, self.metrics, self._log)
+        self._snapshots = Snapshotter(config, storage, state_machine, self.metrics, self._log,
+                                      membership_at=self._core.membership_at)
+        #: Called with each new membership in force (see ``add_membership_listener``).
+        self._membership_listeners: list[Callable[[Membership], None]] = []
         self._drain = Drain(self._proc, storage, self._worker, self._snapshots, self.metrics,
                             before=lambda: self._reads.start_round(self._core),
                             applied=lambda: self._applied, fatal=self._fatal)
@@ -227,6 +232,39 @@ class RaftNode:
         future = self._reads.add()  # batched: one quorum round for many
         self._drain.wake()
         return future
+
+    async def change_membership(self, change: ConfChange) -> Membership:
+        """Propose one membership change (``RaftCore.propose_conf_change``)
+        and return the membership it made once committed and applied here.
+        Raises ``NotLeader``, ``ProposalDropped``, ``ConfChangeRefused``,
+        ``ConfChangeError``, ``LeadershipLost`` or ``NodeStopped``."""
+        self._check_running()
+        index = self._core.propose_conf_change(change)
+        membership = self._core.membership
+        future = self._proposals.add(index, self._core.term)
+        self._drain.wake()
+        await future
+        return membership
+
+    @property
+    def membership(self) -> Membership:
+        """The membership in force here (the latest in the log, even uncommitted)."""
+        return self._core.membership
+
+    @property
+    def membership_index(self) -> int:
+        return self._core.membership_index
+
+    def member_progress(self) -> dict[int, PeerStatus]:
+        """On the leader, what it knows of each member (match index, state,
+        learner or not); empty elsewhere."""
+        return self._core.status().progress
+
+    def add_membership_listener(self, listener: Callable[[Membership], None]) -> None:
+        """Call ``listener`` with every new membership in force, before any
+        message goes to a member it adds (the transport learns addresses
+        this way)."""
+        self._membership_listeners.append(listener)
 
     def transfer_leader(self, to: int) -> None:
         self._check_running()
@@ -346,6 +384,11 @@ class RaftNode:
 
     def restore(self, snapshot: Snapshot) -> None:
         self._install_snapshot(snapshot)
+
+    def membership_changed(self, membership: Membership) -> None:
+        self._log.info("node %d: membership now %s", self.id, membership.describe())
+        for listener in self._membership_listeners:
+            listener(membership)
 
     def apply(self, entries: tuple[Entry, ...]) -> None:
         results = self._fsm.apply(entries)

@@ -11,6 +11,7 @@ from random import Random
 from typing import Any, Protocol
 
 from raft.core import Config
+from raft.membership import Membership
 from raft.types import Entry, Message, Role, SnapshotMeta
 
 __all__ = [
@@ -43,6 +44,13 @@ class StateMachine(Protocol):
     @property
     def applied_term(self) -> int:
         """The term of that entry (0: none)."""
+
+    @property
+    def applied_membership(self) -> Membership | None:
+        """The membership of the last ``CONF_CHANGE`` entry applied (or of
+        the snapshot last restored); None if it has seen none. Kept with the
+        applied index: a state machine ahead of the log after a crash may
+        have applied a membership change the log no longer holds."""
 
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         """Apply committed entries, in index order, as one batch (on disk:
@@ -91,6 +99,8 @@ class LeadershipLost(Exception):
 @dataclass(frozen=True)
 class NodeConfig:
     id: int
+    #: The bootstrap voters (the membership until the log or a snapshot
+    #: holds one; ``raft.core.Config.peers``).
     peers: frozenset[int]
     #: Seconds per tick. Defaults follow the seed: heartbeat 25 ms (1 tick),
     #: election timeout randomized in 300-475 ms (12 + 0..7 ticks).
@@ -113,12 +123,19 @@ class NodeConfig:
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
     seed: int | None = None
+    #: The bootstrap membership with learners and addresses; when set, it
+    #: takes the place of ``peers``.
+    membership: Membership | None = None
+
+    def bootstrap_membership(self) -> Membership:
+        return self.membership if self.membership is not None else Membership.of(self.peers)
 
     def core_config(self, applied: int) -> Config:
         """The core's ``Config`` for this node, ``applied`` entries applied."""
         return Config(
             id=self.id,
             peers=self.peers,
+            membership=self.membership,
             rng=Random(self.seed),
             election_tick=self.election_tick,
             election_jitter=self.election_jitter,

@@ -184,6 +184,16 @@ class Progress:
         self.probe_sent = False
         return True
 
+    def lost_entries(self, last_index: int) -> None:
+        """The peer holds entries only up to ``last_index``, fewer than it
+        acknowledged (its data dir was emptied): start over from there, as
+        for a new peer. The commit index never moves back, so nothing
+        decided on the old acknowledgements is undone here; refusing such a
+        voter is the node's identity check's job."""
+        self._reset_state(ProgressState.PROBE)
+        self.match = last_index
+        self.next = last_index + 1
+
     def sent_entries(self, last_index: int, count: int, size: int) -> None:
         """An APPEND carrying ``count`` entries (``size`` bytes) up to
         ``last_index`` went out."""

@@ -29,20 +29,26 @@ class SnapshotMeta(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     term: _builtins.int
+    membership: _builtins.bytes
+    """raft.membership.Membership.encode()"""
     @_builtins.property
-    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the voters; read only when membership is empty (0.4 and before)"""
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         term: _builtins.int = ...,
         peers: _abc.Iterable[_builtins.int] | None = ...,
+        membership: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "peers", b"peers", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "membership", b"membership", "peers", b"peers", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from raft.core import RaftCore, Ready
+from raft.membership import Membership
 from raft.types import Entry, HardState, Message, ReadState, Snapshot, SoftState
 
 __all__ = ["ReadyHooks", "ReadyProcessor", "WritableStorage"]
@@ -69,6 +70,11 @@ class ReadyHooks(Protocol):
     def flush(self) -> None:
         """Put what ``send`` buffered on the wire (end of a batch of sends)."""
 
+    def membership_changed(self, membership: Membership) -> None:
+        """The membership in force changed (``Ready.membership``); called
+        before this Ready's messages are sent, so a new member's address is
+        known before the first message to it."""
+
 
 class ReadyProcessor:
     """Runs ``core``'s Readys through ``hooks`` and ``storage`` (see module doc)."""
@@ -104,6 +110,8 @@ class ReadyProcessor:
         rd = core.ready()
         self.readies += 1
         hooks = self._hooks
+        if rd.membership is not None:
+            hooks.membership_changed(rd.membership)
         if rd.messages:
             send = hooks.send
             for msg in rd.messages:

@@ -8,14 +8,17 @@ directory; everything little endian::
 
     offset  size  field
     0       8     magic  b"PRKVSNAP"
-    8       4     u32 format version (1)
+    8       4     u32 format version (2)
     12      4     u32 crc32 of every byte after this field
     16      8     u64 index
     24      8     u64 term
-    32      4     u32 number of peers P
+    32      4     u32 membership length M
     36      8     u64 data length D
-    44      8*P   i64 peer ids, ascending
-    44+8P   D     application data
+    44      M     the membership (``Membership.encode``)
+    44+M    D     application data
+
+Version 1, still read, had a voter count P at offset 32 and P i64 voter ids
+in place of the membership.
 
 A file is valid when its magic, version, checksum and total length agree and
 its index and term match its name.
@@ -38,6 +41,7 @@ import struct
 import zlib
 
 from raft.fileio import TMP_SUFFIX, FileSystem, write_atomic
+from raft.membership import Membership
 from raft.storage import StorageError
 from raft.types import Snapshot, SnapshotMeta
 
@@ -46,9 +50,9 @@ __all__ = ["CorruptSnapshotError", "SnapshotStore", "decode_snapshot", "encode_s
 log = logging.getLogger(__name__)
 
 MAGIC = b"PRKVSNAP"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct("<8sII")  # magic, version, crc
-_BODY = struct.Struct("<QQIQ")  # index, term, peer count, data length
+_BODY = struct.Struct("<QQIQ")  # index, term, membership length (v1: voter count), data length
 _NAME_RE = re.compile(r"^(\d{20})-(\d{20})\.snap$")
 
 
@@ -61,10 +65,10 @@ def snapshot_name(index: int, term: int) -> str:
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
-    peers = sorted(snap.meta.peers)
+    membership = snap.meta.membership.encode()
     body = (
-        _BODY.pack(snap.meta.index, snap.meta.term, len(peers), len(snap.data))
-        + struct.pack(f"<{len(peers)}q", *peers)
+        _BODY.pack(snap.meta.index, snap.meta.term, len(membership), len(snap.data))
+        + membership
         + snap.data
     )
     return _HEAD.pack(MAGIC, VERSION, zlib.crc32(body)) + body
@@ -77,17 +81,24 @@ def decode_snapshot(data: bytes, where: str = "snapshot") -> Snapshot:
     magic, version, crc = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise CorruptSnapshotError(f"{where}: not a snapshot file (bad magic)")
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise CorruptSnapshotError(f"{where}: unsupported snapshot version {version}")
     if zlib.crc32(memoryview(data)[_HEAD.size :]) != crc:
         raise CorruptSnapshotError(f"{where}: checksum mismatch")
-    index, term, npeers, dlen = _BODY.unpack_from(data, _HEAD.size)
+    index, term, count, dlen = _BODY.unpack_from(data, _HEAD.size)
     start = _HEAD.size + _BODY.size
-    if len(data) != start + 8 * npeers + dlen:
+    mlen = count if version == VERSION else 8 * count
+    if len(data) != start + mlen + dlen:
         raise CorruptSnapshotError(f"{where}: length does not match header")
-    peers = struct.unpack_from(f"<{npeers}q", data, start)
-    meta = SnapshotMeta(index=index, term=term, peers=frozenset(peers))
-    return Snapshot(meta=meta, data=bytes(data[start + 8 * npeers :]))
+    if version == VERSION:
+        try:
+            membership = Membership.decode(bytes(data[start : start + mlen]))
+        except ValueError as e:
+            raise CorruptSnapshotError(f"{where}: {e}") from None
+    else:
+        membership = Membership.of(struct.unpack_from(f"<{count}q", data, start))
+    meta = SnapshotMeta(index=index, term=term, membership=membership)
+    return Snapshot(meta=meta, data=bytes(data[start + mlen :]))
 
 
 class SnapshotStore:

@@ -24,18 +24,35 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from raft.membership import Membership
 from raft.node_types import NodeConfig, NodeMetrics, StateMachine
 from raft.raft_state_size import RaftStateSize
 from raft.snapshot_stream import FileSnapshots
 from raft.storage import Storage
 from raft.storage_worker import StorageWorker
-from raft.types import Entry, Snapshot, SnapshotMeta
+from raft.types import Entry, EntryType, Snapshot, SnapshotMeta
 
-__all__ = ["Snapshotter", "recover_state_machine"]
+__all__ = ["Snapshotter", "membership_in_storage", "recover_state_machine"]
+
+
+def membership_in_storage(storage: Storage, index: int, bootstrap: Membership) -> Membership:
+    """The membership as of ``index`` by what ``storage`` holds: the latest
+    configuration entry at or before it, else the snapshot's, else
+    ``bootstrap`` (what ``RaftCore`` itself would use)."""
+    last = min(index, storage.last_index())
+    lo = storage.first_index()
+    while last >= lo:
+        first = max(lo, last - 4095)
+        for e in reversed(storage.entries(first, last + 1)):
+            if e.type is EntryType.CONF_CHANGE:
+                return Membership.decode(e.data)
+        last = first - 1
+    snap = storage.snapshot().meta.membership
+    return snap if not snap.empty else bootstrap
 
 
 def recover_state_machine(storage: Storage, state_machine: StateMachine,
-                          peers: frozenset[int],
+                          bootstrap: Membership,
                           log: logging.LoggerAdapter[logging.Logger]) -> int:
     """At start, bring the state machine and the log into agreement; return
     the applied index.
@@ -57,7 +74,9 @@ def recover_state_machine(storage: Storage, state_machine: StateMachine,
     if applied > storage.last_index() or (applied > 0 and storage.term(applied) != term):
         log.warning("state machine holds entries through %d (term %d), the log only through "
                     "%d: the log restarts after them", applied, term, storage.last_index())
-        meta = SnapshotMeta(index=applied, term=term, peers=peers)
+        membership = state_machine.applied_membership or membership_in_storage(
+            storage, applied, bootstrap)
+        meta = SnapshotMeta(index=applied, term=term, membership=membership)
         if isinstance(state_machine, FileSnapshots):
             state_machine.save_snapshot(meta)
         storage.save(None, (), Snapshot(meta=meta, data=state_machine.snapshot()))
@@ -73,8 +92,11 @@ class Snapshotter:
         state_machine: StateMachine,
         metrics: NodeMetrics,
         log: logging.LoggerAdapter[logging.Logger],
+        *,
+        membership_at: Callable[[int], Membership],
     ) -> None:
         self._config = config
+        self._membership_at = membership_at
         self._storage = storage
         self._fsm = state_machine
         self._metrics = metrics
@@ -129,8 +151,8 @@ class Snapshotter:
         if self.writing or applied <= self.index or applied > storage.last_index():
             return False
         data = self._fsm.snapshot()  # at ``applied``, on the loop
-        peers = self._config.peers
-        meta = SnapshotMeta(index=applied, term=storage.term(applied), peers=peers)
+        meta = SnapshotMeta(index=applied, term=storage.term(applied),
+                            membership=self._membership_at(applied))
         self.writing = True
         fsm = self._fsm
 
@@ -171,7 +193,7 @@ class Snapshotter:
         compact_to = meta.index - self._config.snapshot_catchup_entries
 
         def job() -> None:
-            storage.create_snapshot(meta.index, data, meta.peers)
+            storage.create_snapshot(meta.index, data, meta.membership)
             if compact_to >= storage.first_index():
                 storage.compact(compact_to)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from raft.membership import Membership
 from raft.types import ENTRY_OVERHEAD, Entry, HardState, Snapshot, SnapshotMeta
 
 __all__ = [
@@ -61,9 +62,9 @@ class SnapshotOutOfDateError(StorageError):
 class LogStorage(Protocol):
     """The read side the core uses. Indexes are 1-based; see module doc."""
 
-    def initial_state(self) -> tuple[HardState, frozenset[int]]:
-        """The persisted hard state and the voters recorded in the latest
-        snapshot (empty set when there is no snapshot)."""
+    def initial_state(self) -> tuple[HardState, Membership]:
+        """The persisted hard state and the membership recorded in the latest
+        snapshot (empty when there is no snapshot)."""
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
@@ -114,7 +115,7 @@ class Storage(LogStorage, Protocol):
         """Make everything saved so far durable (see ``save``)."""
         ...
 
-    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> Snapshot:
         """Record the application's snapshot of the state at ``index`` (which
         must be applied, hence committed and stored). Does not compact."""
         ...
@@ -152,8 +153,8 @@ class StoredLog:
         self._snapshot = Snapshot()
         self._entries: list[Entry] = [Entry(index=0, term=0)]
 
-    def initial_state(self) -> tuple[HardState, frozenset[int]]:
-        return self._hard_state, self._snapshot.meta.peers
+    def initial_state(self) -> tuple[HardState, Membership]:
+        return self._hard_state, self._snapshot.meta.membership
 
     @property
     def hard_state(self) -> HardState:
@@ -242,14 +243,14 @@ class MemoryStorage(StoredLog):
         del self._entries[start:]
         self._entries.extend(entries)
 
-    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> Snapshot:
         if index <= self._snapshot.meta.index:
             raise SnapshotOutOfDateError(
                 f"snapshot at {index} is not newer than {self._snapshot.meta.index}"
             )
         if index > self.last_index():
             raise UnavailableError(f"snapshot index {index} beyond last {self.last_index()}")
-        meta = SnapshotMeta(index=index, term=self.term(index), peers=peers)
+        meta = SnapshotMeta(index=index, term=self.term(index), membership=membership)
         self._snapshot = Snapshot(meta=meta, data=data)
         return self._snapshot
 

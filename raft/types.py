@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from raft.membership import Membership
+
 __all__ = [
     "ENTRY_OVERHEAD",
     "NONE",
@@ -42,6 +44,10 @@ class EntryType(enum.IntEnum):
     #: The empty entry a new leader appends to commit its term (paper 5.4.2,
     #: dissertation 6.4: needed before ReadIndex can be served).
     NOOP = 1
+    #: A whole new ``raft.membership.Membership``, encoded; in force on each
+    #: node from the moment it is in that node's log, committed or not
+    #: (dissertation 4.1).
+    CONF_CHANGE = 2
 
 
 #: Bytes ``Entry.size()`` adds to the payload (index, term, type, framing).
@@ -84,8 +90,9 @@ class HardState:
 class SnapshotMeta:
     index: int = 0
     term: int = 0
-    #: The configuration (voter ids) as of ``index``.
-    peers: frozenset[int] = frozenset()
+    #: The membership as of ``index`` (the latest configuration entry at or
+    #: before it): a node restored from this snapshot alone knows its cluster.
+    membership: Membership = field(default_factory=Membership)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Sequence
 
 from raft import raft_pb2
+from raft.membership import Membership
 from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
 
 __all__ = ["RPC_METHOD", "message_from_pb", "message_to_pb", "pack_entries", "unpack_entries"]
@@ -52,7 +53,9 @@ def message_to_pb(msg: Message, packed: bytes | None = None) -> raft_pb2.RaftMes
     if msg.snapshot is not None:
         meta = msg.snapshot
         pb.snapshot.CopyFrom(
-            raft_pb2.SnapshotMeta(index=meta.index, term=meta.term, peers=sorted(meta.peers))
+            raft_pb2.SnapshotMeta(
+                index=meta.index, term=meta.term, membership=meta.membership.encode()
+            )
         )
     return pb
 
@@ -82,9 +85,11 @@ def message_from_pb(pb: raft_pb2.RaftMessage) -> Message:
         )
     snapshot = None
     if pb.HasField("snapshot"):
-        snapshot = SnapshotMeta(
-            index=pb.snapshot.index, term=pb.snapshot.term, peers=frozenset(pb.snapshot.peers)
+        pm = pb.snapshot
+        membership = (
+            Membership.decode(pm.membership) if pm.membership else Membership.of(pm.peers)
         )
+        snapshot = SnapshotMeta(index=pm.index, term=pm.term, membership=membership)
     return Message(
         type=mtype,
         src=pb.src,

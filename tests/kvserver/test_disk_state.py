@@ -19,6 +19,7 @@ from kvserver.launcher import free_ports
 from kvserver.server import KvNode, KvNodeOptions
 from kvserver.state_machine import KvStateMachine, encode_command
 from raft.file_storage import FileStorage
+from raft.membership import Membership
 from raft.types import Entry, HardState
 from tests.kvserver.inproc import WAIT, cluster, leader_of, restart
 
@@ -147,7 +148,7 @@ def test_a_data_dir_of_the_in_memory_release_is_converted(tmp_path: Path) -> Non
     storage = FileStorage(directory)
     storage.save(HardState(term=1, vote=0, commit=10), entries)
     old.apply(entries[:6])
-    storage.create_snapshot(6, old.snapshot(), frozenset({0}))
+    storage.create_snapshot(6, old.snapshot(), Membership.of({0}))
     storage.close()
 
     async def scenario() -> None:
@@ -189,7 +190,7 @@ def test_a_store_ahead_of_its_log_after_a_crash_gets_a_snapshot_file(tmp_path: P
     sm.apply(entries)
     log = logging.LoggerAdapter(logging.getLogger("test"), {"node_id": 0})
     try:
-        assert recover_state_machine(storage, sm, frozenset({0}), log) == 5
+        assert recover_state_machine(storage, sm, Membership.of({0}), log) == 5
         meta = storage.snapshot().meta
         assert (meta.index, meta.term, storage.last_index()) == (5, 2, 5)
         assert os.path.exists(snapshot_path(sm.snapshot_dir, meta))

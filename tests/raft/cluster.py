@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raft.file_storage import FileStorage
+from raft.membership import Membership
 from raft.node import NodeConfig, RaftNode
 from raft.transport import RAFT_SERVICE, RaftService, RpcTransport
 from raft.types import Entry, EntryType, Role, SnapshotMeta
@@ -29,6 +30,7 @@ class RecordingStateMachine:
         self.applied: list[tuple[int, bytes]] = []
         self.applied_index = 0
         self.applied_term = 0
+        self.applied_membership: Membership | None = None
 
     def apply(self, entries: Sequence[Entry]) -> list[int | None]:
         results: list[int | None] = []
@@ -41,6 +43,8 @@ class RecordingStateMachine:
                 self.applied.append((entry.index, entry.data))
                 results.append(entry.index)
             else:
+                if entry.type is EntryType.CONF_CHANGE:
+                    self.applied_membership = Membership.decode(entry.data)
                 results.append(None)
         return results
 
@@ -55,6 +59,7 @@ class RecordingStateMachine:
 
     def restore(self, data: bytes, meta: SnapshotMeta) -> None:
         self.applied_index, self.applied_term = meta.index, meta.term
+        self.applied_membership = meta.membership
         self.applied = []
         pos = 0
         while pos < len(data):

@@ -15,6 +15,7 @@ from random import Random
 from typing import Any
 
 from raft.core import Config, RaftCore, Ready
+from raft.membership import Membership
 from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
 from raft.types import (
@@ -40,6 +41,9 @@ def decode_state(data: bytes) -> list[bytes]:
 class Network:
     def __init__(self, ids: Iterable[int], *, seed: int = 0, **cfg: Any) -> None:
         self.ids = sorted(ids)
+        #: The bootstrap voters; a node added later (``add_node``) starts
+        #: knowing no membership, as a joining server does.
+        self.bootstrap = frozenset(self.ids)
         self.cfg = cfg
         self.seed = seed
         self.storages: dict[int, MemoryStorage] = {i: MemoryStorage() for i in self.ids}
@@ -60,7 +64,7 @@ class Network:
     def _new_core(self, i: int, applied: int = 0) -> RaftCore:
         config = Config(
             id=i,
-            peers=frozenset(self.ids),
+            peers=self.bootstrap if i in self.bootstrap else frozenset(),
             rng=Random(self.seed * 1000 + i),
             applied=applied,
             **self.cfg,
@@ -142,6 +146,16 @@ class Network:
                 self.cores[i].tick()
             self.stabilize()
 
+    def add_node(self, i: int) -> RaftCore:
+        """Start a new, empty node ``i`` (to be added as a learner)."""
+        self.ids = sorted({*self.ids, i})
+        self.storages[i] = MemoryStorage()
+        self.applied[i] = []
+        self.applied_index[i] = 0
+        self.read_states[i] = []
+        self.cores[i] = self._new_core(i)
+        return self.cores[i]
+
     # -- faults ------------------------------------------------------------------
 
     def cut(self, a: int, b: int) -> None:
@@ -220,6 +234,9 @@ class _Hooks:
     def flush(self) -> None:
         pass
 
+    def membership_changed(self, membership: Membership) -> None:
+        pass
+
 
 class Outbox:
     """Hooks that keep what was sent (a lone core's driver in rule tests)."""
@@ -245,6 +262,9 @@ class Outbox:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def membership_changed(self, membership: Membership) -> None:
         pass
 
 

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raft.core import Config, NotLeader, ProposalDropped, Ready
+from raft.membership import Membership
 from raft.progress import ProgressState
 from raft.storage import StorageError
 from raft.types import NONE, Entry, EntryType, Message, MessageType, Role
@@ -147,7 +148,7 @@ def format_message(m: Message) -> str:
     elif m.type in (t.SNAPSHOT, t.SNAPSHOT_RESPONSE):
         meta = m.snapshot
         if meta is not None:
-            parts.append(f"snap={meta.term}/{meta.index} peers={_peers(meta.peers)}")
+            parts.append(f"snap={meta.term}/{meta.index} peers={_peers(meta.membership.voters)}")
         parts.append(f"offset={m.offset}")
         if m.type is t.SNAPSHOT:
             parts.append(f"bytes={len(m.data)}")
@@ -179,7 +180,7 @@ def _format_ready(i: int, rd: Ready) -> list[str]:
     if rd.snapshot is not None and not rd.snapshot.empty:
         meta = rd.snapshot.meta
         out.append(
-            f"  Snapshot: {meta.term}/{meta.index} peers={_peers(meta.peers)} "
+            f"  Snapshot: {meta.term}/{meta.index} peers={_peers(meta.membership.voters)} "
             f"data={_quote(rd.snapshot.data)}"
         )
     for title, ents in (("Entries", rd.entries), ("CommittedEntries", rd.committed_entries)):
@@ -515,7 +516,7 @@ def _compact(it: Interpreter, args: list[str], kwargs: dict[str, str]) -> list[s
     try:
         tail = storage.entries(base.meta.index + 1, index + 1)
         state = decode_state(base.data) + [e.data for e in tail if e.type is EntryType.NORMAL]
-        storage.create_snapshot(index, encode_state(state), frozenset(net.ids))
+        storage.create_snapshot(index, encode_state(state), Membership.of(net.ids))
         storage.compact(index)
     except StorageError as e:
         return [f"error: {type(e).__name__}: {e}"]

@@ -10,6 +10,7 @@ import pytest
 
 CORE_MODULES = [
     "raft.core",
+    "raft.membership",
     "raft.log",
     "raft.progress",
     "raft.quorum",

@@ -8,6 +8,7 @@ from random import Random
 
 import pytest
 
+from raft.membership import Membership
 from raft.types import Entry, Message, Role
 from tests.raft.core_harness import Network, encode_state
 
@@ -81,7 +82,7 @@ def run(seed: int, steps: int = 600) -> tuple[Network, Checker]:
             index = net.applied_index[i]
             if index > net.storages[i].snapshot().meta.index:
                 net.storages[i].create_snapshot(
-                    index, encode_state(net.applied[i]), frozenset(net.ids)
+                    index, encode_state(net.applied[i]), Membership.of(net.ids)
                 )
                 net.storages[i].compact(index)
                 compactions += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from raft.membership import Membership
 from raft.progress import ProgressState
 from raft.types import Message, MessageType, SnapshotMeta
 from tests.raft.core_harness import Network, encode_state, set_log
@@ -10,7 +11,7 @@ from tests.raft.core_harness import Network, encode_state, set_log
 def compact(net: Network, i: int) -> int:
     """The application on ``i`` snapshots at its applied index and compacts."""
     index = net.applied_index[i]
-    net.storages[i].create_snapshot(index, encode_state(net.applied[i]), frozenset(net.ids))
+    net.storages[i].create_snapshot(index, encode_state(net.applied[i]), Membership.of(net.ids))
     net.storages[i].compact(index)
     return index
 
@@ -127,7 +128,7 @@ def test_snapshot_matching_our_log_keeps_suffix_but_acks_only_snapshot_index() -
     net = Network([1, 2, 3])
     set_log(net, 3, [1, 1, 1, 2, 2], term=2)
     follower = net.cores[3]
-    meta = SnapshotMeta(index=3, term=1, peers=frozenset(net.ids))
+    meta = SnapshotMeta(index=3, term=1, membership=Membership.of(net.ids))
     follower.step(
         Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"[]", offset=0, done=True)
     )
@@ -142,7 +143,7 @@ def test_newer_snapshot_replaces_log_and_is_handed_to_driver() -> None:
     net = Network([1, 2, 3])
     set_log(net, 3, [1, 1, 2], term=2)
     follower = net.cores[3]
-    meta = SnapshotMeta(index=10, term=3, peers=frozenset(net.ids))
+    meta = SnapshotMeta(index=10, term=3, membership=Membership.of(net.ids))
     follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ab", offset=0))
     follower.step(
         Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"cd", offset=2, done=True)
@@ -163,10 +164,10 @@ def test_newer_snapshot_replaces_log_and_is_handed_to_driver() -> None:
 def test_out_of_order_chunk_asks_for_the_missing_offset() -> None:
     net = Network([1, 2, 3])
     follower = net.cores[3]
-    meta = SnapshotMeta(index=10, term=3, peers=frozenset(net.ids))
+    meta = SnapshotMeta(index=10, term=3, membership=Membership.of(net.ids))
     follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ab", offset=0))
     follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=meta, data=b"ef", offset=4))
-    other = SnapshotMeta(index=12, term=3, peers=frozenset(net.ids))
+    other = SnapshotMeta(index=12, term=3, membership=Membership.of(net.ids))
     follower.step(Message(MessageType.SNAPSHOT, 1, 3, 3, snapshot=other, data=b"x", offset=1))
     offsets = [m.offset for m in follower.ready().messages]
     assert offsets == [2, 2, 0]

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raft.file_storage import FileStorage
+from raft.membership import Membership
 from raft.storage import MemoryStorage, StorageError
 from raft.types import NONE, Entry, HardState, Snapshot, SnapshotMeta
 from tests.raft.crashfs import CrashingFileSystem, SimulatedCrash, materialize
@@ -47,7 +48,7 @@ def ents(lo: int, hi: int, term: int, size: int = 20) -> list[Entry]:
 
 
 def snap(index: int, term: int) -> Snapshot:
-    return Snapshot(SnapshotMeta(index, term, frozenset({0, 1, 2})), b"app-state@%d" % index)
+    return Snapshot(SnapshotMeta(index, term, Membership.of({0, 1, 2})), b"app-state@%d" % index)
 
 
 # A scenario touching every write path: group commits, rotation, conflicting
@@ -57,16 +58,16 @@ SCENARIO: list[Op] = [
     lambda s: s.save(HardState(1, 0, 4), ents(7, 12, 1)),
     lambda s: s.save(None, ents(13, 16, 1)),
     lambda s: s.save(HardState(2, 1, 10), ents(14, 18, 2)),  # rewrite 14..16
-    lambda s: s.create_snapshot(10, b"sm@10", frozenset({0, 1, 2})),
+    lambda s: s.create_snapshot(10, b"sm@10", Membership.of({0, 1, 2})),
     lambda s: s.compact(9),
     lambda s: s.save(HardState(2, 1, 16), ents(19, 24, 2)),
-    lambda s: s.create_snapshot(20, b"sm@20", frozenset({0, 1})),
+    lambda s: s.create_snapshot(20, b"sm@20", Membership.of({0, 1})),
     lambda s: s.compact(20),
     lambda s: s.save(HardState(3, 2, 20), ents(22, 25, 3), snap(21, 2)),  # install
     lambda s: s.save(None, ents(26, 40, 3)),
     lambda s: s.save(HardState(4, NONE, 30), [], snap(35, 3)),  # install past log
     lambda s: s.save(HardState(4, 0, 35), ents(36, 45, 4)),
-    lambda s: s.create_snapshot(44, b"sm@44", frozenset({0, 1, 2})),
+    lambda s: s.create_snapshot(44, b"sm@44", Membership.of({0, 1, 2})),
     lambda s: s.compact(44),
     lambda s: s.save(HardState(5, 0, 44), ents(45, 47, 5)),
 ]
@@ -248,10 +249,10 @@ class Save:
 class CreateSnapshot:
     index: int
     data: bytes
-    peers: frozenset[int]
+    membership: Membership
 
     def __call__(self, s: Any) -> object:
-        return s.create_snapshot(self.index, self.data, self.peers)
+        return s.create_snapshot(self.index, self.data, self.membership)
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ def operation(draw: st.DrawFn, m: MemoryStorage) -> Op:
     kind = draw(KINDS)
     if kind == "create" and last > snap_index:
         idx = draw(st.integers(snap_index + 1, last))
-        return CreateSnapshot(idx, b"sm%d" % idx, frozenset({0, idx % 5}))
+        return CreateSnapshot(idx, b"sm%d" % idx, Membership.of({0, idx % 5}))
     if kind == "compact" and snap_index >= first:
         return Compact(draw(st.integers(first, snap_index)))
     if kind == "bad":
@@ -286,7 +287,7 @@ def operation(draw: st.DrawFn, m: MemoryStorage) -> Op:
     sn: Snapshot | None = None
     if kind == "install":
         sidx = snap_index + 1 + draw(SMALL)
-        sn = Snapshot(SnapshotMeta(sidx, 1 + draw(SMALL), frozenset({1, 2})), b"i%d" % sidx)
+        sn = Snapshot(SnapshotMeta(sidx, 1 + draw(SMALL), Membership.of({1, 2})), b"i%d" % sidx)
         first, last = sidx + 1, sidx
         snap_index = sidx
     # Entries up to the snapshot index are committed: Raft never rewrites

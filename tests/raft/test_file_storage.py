@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from raft.file_storage import FileStorage, StorageFailedError, StorageLockedError
+from raft.membership import Membership
 from raft.storage import StorageError
 from raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from tests.raft.crashfs import CrashingFileSystem
@@ -34,7 +35,7 @@ def test_layout_and_reopen(tmp_path: Path) -> None:
         assert s.path == str(d)
     assert sorted(p.name for p in d.iterdir()) == ["LOCK", "MANIFEST", "snap", "wal"]
     with FileStorage(str(d)) as s:
-        assert s.initial_state() == (HardState(2, 1, 3), frozenset())
+        assert s.initial_state() == (HardState(2, 1, 3), Membership())
         assert s.entries(1, 4) == ents(1, 3)
 
 
@@ -166,7 +167,7 @@ def test_fsync_false_never_syncs() -> None:
     s = FileStorage("/d", fs=fs, fsync=False, segment_bytes=100)
     for i in range(1, 20):
         s.save(HardState(1, 0, i), ents(i, i))
-    s.create_snapshot(10, b"x", frozenset({1}))
+    s.create_snapshot(10, b"x", Membership.of({1}))
     s.compact(10)
     assert "sync" not in ops(fs) and "fsync_dir" not in ops(fs)
 
@@ -175,9 +176,10 @@ def test_install_writes_snapshot_file_before_the_wal() -> None:
     fs = CrashingFileSystem()
     s = FileStorage("/d", fs=fs)
     s.save(None, ents(1, 5))
-    s.create_snapshot(3, b"sm3", frozenset({1}))
+    s.create_snapshot(3, b"sm3", Membership.of({1}))
     n = len(fs.trace)
-    s.save(HardState(3, 1, 9), ents(10, 12, 3), Snapshot(SnapshotMeta(9, 2, frozenset({1})), b"i"))
+    snapshot = Snapshot(SnapshotMeta(9, 2, Membership.of({1})), b"i")
+    s.save(HardState(3, 1, 9), ents(10, 12, 3), snapshot)
     trace = fs.trace[n:]
     assert [t.split()[0] for t in trace] == [
         "create", "truncate", "write", "sync", "rename", "fsync_dir",  # snapshot file
@@ -193,7 +195,7 @@ def test_data_dir_stays_bounded(tmp_path: Path) -> None:
         for i in range(1, 3001):
             s.save(HardState(1, 0, i), [Entry(i, 1, b"x" * 100)])
             if i % 500 == 0:
-                s.create_snapshot(i, b"state", frozenset({1}))
+                s.create_snapshot(i, b"state", Membership.of({1}))
                 s.compact(i - 10)
         wal = list((tmp_path / "wal").iterdir())
         snaps = list((tmp_path / "snap").iterdir())
@@ -219,7 +221,7 @@ def test_enospc_is_reported_and_fail_stop(which: str) -> None:
     with pytest.raises(StorageFailedError, match="refuses writes"):
         s.save(None, ents(4, 4))
     with pytest.raises(StorageFailedError):
-        s.create_snapshot(2, b"", frozenset())
+        s.create_snapshot(2, b"", Membership())
     with pytest.raises(StorageFailedError):
         s.compact(1)
 

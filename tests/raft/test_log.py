@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from raft.log import RaftLog, Unstable
+from raft.membership import Membership
 from raft.storage import CompactedError, MemoryStorage, UnavailableError
 from raft.types import Entry, HardState, Snapshot, SnapshotMeta
 
@@ -58,7 +59,7 @@ def test_term_bounds_raise_typed_errors() -> None:
     assert log.term(0) == 0 and log.term(3) == 3
     with pytest.raises(UnavailableError):
         log.term(4)
-    log.storage.create_snapshot(2, b"s", frozenset({1}))  # type: ignore[attr-defined]
+    log.storage.create_snapshot(2, b"s", Membership.of({1}))  # type: ignore[attr-defined]
     log.storage.compact(2)  # type: ignore[attr-defined]
     assert log.first_index() == 3  # read dynamically from storage
     assert log.term(2) == 2
@@ -129,7 +130,7 @@ def test_slice_respects_max_bytes_across_storage_and_unstable() -> None:
 
 def test_restore_snapshot() -> None:
     log = stored_log([1, 1])
-    snap = Snapshot(SnapshotMeta(index=10, term=3, peers=frozenset({1, 2, 3})), b"data")
+    snap = Snapshot(SnapshotMeta(index=10, term=3, membership=Membership.of({1, 2, 3})), b"data")
     log.restore(snap)
     assert log.committed == 10 and log.first_index() == 11 and log.last_index() == 10
     assert log.term(10) == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from raft.membership import Membership
 from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.node_ticker import ManualTicker
 from raft.storage import MemoryStorage, StorageError
@@ -332,11 +333,11 @@ class BlockingSnapshotStorage(DeferredSyncStorage):
         self.snapshot_threads: list[str] = []
         self.saves_while_snapshotting = 0
 
-    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> Snapshot:
         self.snapshot_threads.append(threading.current_thread().name)
         self.started.set()
         assert self.release.wait(5)
-        return super().create_snapshot(index, data, peers)
+        return super().create_snapshot(index, data, membership)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry],
              snapshot: Snapshot | None = None, *, sync: bool = True) -> bool:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from raft.file_storage import FileStorage
 from raft.fileio import OsFileSystem
+from raft.membership import Membership
 from raft.snapshot_store import (
     CorruptSnapshotError,
     SnapshotStore,
@@ -22,7 +24,7 @@ from tests.raft.crashfs import CrashingFileSystem
 
 
 def snap(index: int = 7, term: int = 3, data: bytes = b"state") -> Snapshot:
-    return Snapshot(SnapshotMeta(index, term, frozenset({0, 2, 5})), data)
+    return Snapshot(SnapshotMeta(index, term, Membership.of({0, 2, 5})), data)
 
 
 @pytest.mark.parametrize(
@@ -34,11 +36,20 @@ def test_round_trip(s: Snapshot) -> None:
 
 
 def test_layout() -> None:
-    raw = encode_snapshot(snap())
-    magic, version, _crc, index, term, npeers, dlen = struct.unpack_from("<8sIIQQIQ", raw)
-    assert (magic, version, index, term, npeers, dlen) == (b"PRKVSNAP", 1, 7, 3, 3, 5)
-    assert struct.unpack_from("<3q", raw, 44) == (0, 2, 5)
-    assert raw[44 + 24 :] == b"state"
+    s = Snapshot(SnapshotMeta(7, 3, Membership.of({0, 2}, {5}, {0: "h:1", 2: "h:2", 5: "h:5"})),
+                 b"state")
+    raw = encode_snapshot(s)
+    magic, version, _crc, index, term, mlen, dlen = struct.unpack_from("<8sIIQQIQ", raw)
+    assert (magic, version, index, term, dlen) == (b"PRKVSNAP", 2, 7, 3, 5)
+    assert Membership.decode(raw[44 : 44 + mlen]) == s.meta.membership
+    assert raw[44 + mlen :] == b"state"
+
+
+def test_version_1_files_are_read() -> None:
+    """Files of 0.4 and before held the voter ids where the membership is now."""
+    body = struct.pack("<QQIQ", 7, 3, 3, 5) + struct.pack("<3q", 0, 2, 5) + b"state"
+    raw = struct.pack("<8sII", b"PRKVSNAP", 1, zlib.crc32(body)) + body
+    assert decode_snapshot(raw) == Snapshot(SnapshotMeta(7, 3, Membership.of({0, 2, 5})), b"state")
 
 
 @pytest.mark.parametrize(
@@ -90,8 +101,8 @@ def test_load_checks_name_against_header(tmp_path: Path) -> None:
 def build(d: Path) -> None:
     with FileStorage(d) as s:
         s.save(None, [Entry(i, 1, b"e") for i in range(1, 11)])
-        s.create_snapshot(4, b"sm4", frozenset({1}))
-        s.create_snapshot(8, b"sm8", frozenset({1}))
+        s.create_snapshot(4, b"sm4", Membership.of({1}))
+        s.create_snapshot(8, b"sm8", Membership.of({1}))
 
 
 def test_older_snapshots_are_removed_after_the_new_one_is_named(tmp_path: Path) -> None:
@@ -124,12 +135,12 @@ def test_corrupt_current_snapshot_falls_back_to_an_older_one(
 ) -> None:
     with FileStorage(tmp_path) as s:
         s.save(None, [Entry(i, 1, b"e") for i in range(1, 11)])
-        s.create_snapshot(4, b"sm4", frozenset({1}))
+        s.create_snapshot(4, b"sm4", Membership.of({1}))
     # Keep the snapshot at 4 (as a crash before its cleanup would), then
     # take one at 8 and damage it.
     keep = (tmp_path / "snap" / snapshot_name(4, 1)).read_bytes()
     with FileStorage(tmp_path) as s:
-        s.create_snapshot(8, b"sm8", frozenset({1}))
+        s.create_snapshot(8, b"sm8", Membership.of({1}))
     (tmp_path / "snap" / snapshot_name(4, 1)).write_bytes(keep)
     bad = tmp_path / "snap" / snapshot_name(8, 1)
     bad.write_bytes(bad.read_bytes()[:-2])
@@ -143,7 +154,7 @@ def test_corrupt_current_snapshot_falls_back_to_an_older_one(
 def test_corrupt_snapshot_without_fallback_is_an_error(tmp_path: Path) -> None:
     with FileStorage(tmp_path) as s:
         s.save(None, [Entry(i, 1, b"e") for i in range(1, 11)])
-        s.create_snapshot(8, b"sm8", frozenset({1}))
+        s.create_snapshot(8, b"sm8", Membership.of({1}))
         s.compact(8)
     bad = tmp_path / "snap" / snapshot_name(8, 1)
     raw = bytearray(bad.read_bytes())

@@ -9,6 +9,7 @@ import logging
 from random import Random
 
 from raft.core import Config, RaftCore
+from raft.membership import Membership
 from raft.snapshotter import recover_state_machine
 from raft.storage import MemoryStorage
 from raft.types import Entry, EntryType, HardState, SnapshotMeta
@@ -29,10 +30,10 @@ def test_a_state_machine_behind_the_snapshot_is_restored_from_it() -> None:
     storage = log_with(1, 1, 1, 2)
     fsm = RecordingStateMachine()
     fsm.apply([Entry(index=1, term=1, data=b"a"), Entry(index=2, term=1, data=b"b")])
-    storage.create_snapshot(2, fsm.snapshot(), PEERS)
+    storage.create_snapshot(2, fsm.snapshot(), Membership.of(PEERS))
     storage.compact(2)
     fresh = RecordingStateMachine()
-    assert recover_state_machine(storage, fresh, PEERS, LOG) == 2
+    assert recover_state_machine(storage, fresh, Membership.of(PEERS), LOG) == 2
     assert fresh.values == [b"a", b"b"] and fresh.applied_index == 2
 
 
@@ -40,7 +41,7 @@ def test_a_state_machine_ahead_of_the_log_restarts_the_log_after_it() -> None:
     storage = log_with(1, 1, 1, commit=1)
     fsm = RecordingStateMachine()
     fsm.apply([Entry(index=i, term=2 if i > 3 else 1, data=b"x") for i in range(1, 6)])
-    assert recover_state_machine(storage, fsm, PEERS, LOG) == 5
+    assert recover_state_machine(storage, fsm, Membership.of(PEERS), LOG) == 5
     snap = storage.snapshot()
     assert (snap.meta.index, snap.meta.term) == (5, 2)
     assert storage.last_index() == 5 and storage.first_index() == 6
@@ -58,7 +59,7 @@ def test_applied_entries_count_as_committed_though_the_commit_index_lagged() -> 
     storage = log_with(1, 1, 1, commit=1)
     fsm = RecordingStateMachine()
     fsm.apply([Entry(index=1, term=1), Entry(index=2, term=1, data=b"x")])
-    applied = recover_state_machine(storage, fsm, PEERS, LOG)
+    applied = recover_state_machine(storage, fsm, Membership.of(PEERS), LOG)
     assert applied == 2 and storage.last_index() == 3  # the log is kept
     core = RaftCore(Config(id=1, peers=PEERS, rng=Random(1), applied=applied), storage)
     assert core.log.committed == 2
@@ -70,9 +71,9 @@ def test_a_state_machine_whose_last_entry_was_replaced_in_the_log_restarts_it() 
     machine came from a leader's snapshot, the log from before it."""
     storage = log_with(1, 1, 1)
     fsm = RecordingStateMachine()
-    fsm.restore(b"", SnapshotMeta(index=3, term=4, peers=PEERS))
-    assert recover_state_machine(storage, fsm, PEERS, LOG) == 3
-    assert storage.snapshot().meta == SnapshotMeta(index=3, term=4, peers=PEERS)
+    fsm.restore(b"", SnapshotMeta(index=3, term=4, membership=Membership.of(PEERS)))
+    assert recover_state_machine(storage, fsm, Membership.of(PEERS), LOG) == 3
+    assert storage.snapshot().meta == SnapshotMeta(index=3, term=4, membership=Membership.of(PEERS))
     assert storage.last_index() == 3 and storage.term(3) == 4
 
 

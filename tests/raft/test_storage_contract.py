@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from raft.file_storage import FileStorage
+from raft.membership import Membership
 from raft.storage import (
     CompactedError,
     MemoryStorage,
@@ -50,9 +51,9 @@ class ReopeningFileStorage:
         finally:
             self._reopen()
 
-    def create_snapshot(self, index: int, data: bytes, peers: frozenset[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> Snapshot:
         try:
-            return self.s.create_snapshot(index, data, peers)
+            return self.s.create_snapshot(index, data, membership)
         finally:
             self._reopen()
 
@@ -88,7 +89,8 @@ def log_of(s: Storage) -> list[tuple[int, int]]:
 
 
 def snap(index: int, term: int, peers: frozenset[int] = frozenset({1, 2, 3})) -> Snapshot:
-    return Snapshot(meta=SnapshotMeta(index=index, term=term, peers=peers), data=b"sm%d" % index)
+    meta = SnapshotMeta(index=index, term=term, membership=Membership.of(peers))
+    return Snapshot(meta=meta, data=b"sm%d" % index)
 
 
 # -- empty storage ------------------------------------------------------------
@@ -100,7 +102,7 @@ def test_empty_storage(storage: Storage) -> None:
     assert storage.term(0) == 0
     assert storage.entries(1, 1) == []
     assert storage.snapshot() == Snapshot()
-    assert storage.initial_state() == (HardState(), frozenset())
+    assert storage.initial_state() == (HardState(), Membership())
     with pytest.raises(UnavailableError):
         storage.term(1)
     with pytest.raises(UnavailableError):
@@ -135,7 +137,7 @@ def test_entry_fields_round_trip(storage: Storage) -> None:
 
 def test_term_bounds(storage: Storage) -> None:
     storage.save(None, ents(1, 5))
-    storage.create_snapshot(3, b"s", frozenset({1}))
+    storage.create_snapshot(3, b"s", Membership.of({1}))
     storage.compact(3)
     assert storage.term(3) == 1  # the boundary term stays answerable
     with pytest.raises(CompactedError):
@@ -146,7 +148,7 @@ def test_term_bounds(storage: Storage) -> None:
 
 def test_entries_bounds(storage: Storage) -> None:
     storage.save(None, ents(1, 5))
-    storage.create_snapshot(2, b"s", frozenset({1}))
+    storage.create_snapshot(2, b"s", Membership.of({1}))
     storage.compact(2)
     with pytest.raises(CompactedError):
         storage.entries(2, 4)
@@ -204,7 +206,7 @@ def test_append_with_gap_is_rejected(storage: Storage) -> None:
 
 def test_entries_covered_by_snapshot_are_skipped(storage: Storage) -> None:
     storage.save(None, ents(1, 5))
-    storage.create_snapshot(4, b"s", frozenset({1}))
+    storage.create_snapshot(4, b"s", Membership.of({1}))
     storage.compact(4)
     storage.save(None, ents(2, 3))  # wholly before first: ignored
     assert log_of(storage) == [(5, 1)]
@@ -219,11 +221,11 @@ def test_entries_covered_by_snapshot_are_skipped(storage: Storage) -> None:
 
 def test_create_snapshot(storage: Storage) -> None:
     storage.save(None, ents(1, 3, term=1) + ents(4, 5, term=2))
-    s = storage.create_snapshot(4, b"state@4", frozenset({1, 2}))
-    assert s.meta == SnapshotMeta(index=4, term=2, peers=frozenset({1, 2}))
+    s = storage.create_snapshot(4, b"state@4", Membership.of({1, 2}))
+    assert s.meta == SnapshotMeta(index=4, term=2, membership=Membership.of({1, 2}))
     assert s.data == b"state@4"
     assert storage.snapshot() == s
-    assert storage.initial_state()[1] == frozenset({1, 2})
+    assert storage.initial_state()[1] == Membership.of({1, 2})
     # Does not compact.
     assert storage.first_index() == 1
     assert storage.last_index() == 5
@@ -232,14 +234,14 @@ def test_create_snapshot(storage: Storage) -> None:
 def test_create_snapshot_errors(storage: Storage) -> None:
     storage.save(None, ents(1, 5))
     with pytest.raises(UnavailableError):
-        storage.create_snapshot(6, b"", frozenset())
-    storage.create_snapshot(3, b"s", frozenset({1}))
+        storage.create_snapshot(6, b"", Membership())
+    storage.create_snapshot(3, b"s", Membership.of({1}))
     with pytest.raises(SnapshotOutOfDateError):
-        storage.create_snapshot(3, b"again", frozenset({1}))
+        storage.create_snapshot(3, b"again", Membership.of({1}))
     with pytest.raises(SnapshotOutOfDateError):
-        storage.create_snapshot(2, b"older", frozenset({1}))
+        storage.create_snapshot(2, b"older", Membership.of({1}))
     assert storage.snapshot().data == b"s"
-    s2 = storage.create_snapshot(5, b"s5", frozenset({1}))
+    s2 = storage.create_snapshot(5, b"s5", Membership.of({1}))
     assert storage.snapshot() == s2
 
 
@@ -248,7 +250,7 @@ def test_create_snapshot_errors(storage: Storage) -> None:
 
 def test_compact(storage: Storage) -> None:
     storage.save(None, ents(1, 3, term=1) + ents(4, 6, term=2))
-    storage.create_snapshot(5, b"s", frozenset({1}))
+    storage.create_snapshot(5, b"s", Membership.of({1}))
     storage.compact(4)
     assert storage.first_index() == 5
     assert storage.last_index() == 6
@@ -264,7 +266,7 @@ def test_compact_errors(storage: Storage) -> None:
     storage.save(None, ents(1, 6))
     with pytest.raises(UnavailableError):
         storage.compact(2)  # no snapshot yet
-    storage.create_snapshot(4, b"s", frozenset({1}))
+    storage.create_snapshot(4, b"s", Membership.of({1}))
     with pytest.raises(UnavailableError):
         storage.compact(5)  # past the snapshot
     storage.compact(3)
@@ -277,7 +279,7 @@ def test_compact_errors(storage: Storage) -> None:
 
 def test_compact_then_append_and_truncate(storage: Storage) -> None:
     storage.save(None, ents(1, 10))
-    storage.create_snapshot(8, b"s", frozenset({1}))
+    storage.create_snapshot(8, b"s", Membership.of({1}))
     storage.compact(8)
     storage.save(None, ents(10, 12, term=2))
     assert log_of(storage) == [(9, 1), (10, 2), (11, 2), (12, 2)]
@@ -296,7 +298,7 @@ def test_install_snapshot_replaces_log(storage: Storage) -> None:
     assert storage.first_index() == 8
     assert storage.last_index() == 7  # entries after it are dropped too
     assert storage.term(7) == 1
-    assert storage.initial_state() == (HardState(term=2, vote=1, commit=7), sn.meta.peers)
+    assert storage.initial_state() == (HardState(term=2, vote=1, commit=7), sn.meta.membership)
 
 
 def test_install_snapshot_beyond_log(storage: Storage) -> None:
@@ -319,7 +321,7 @@ def test_install_snapshot_with_entries(storage: Storage) -> None:
 
 def test_install_snapshot_out_of_date(storage: Storage) -> None:
     storage.save(None, ents(1, 5))
-    storage.create_snapshot(4, b"s", frozenset({1}))
+    storage.create_snapshot(4, b"s", Membership.of({1}))
     with pytest.raises(SnapshotOutOfDateError):
         storage.save(None, ents(6, 6), snap(4, 1))
     with pytest.raises(SnapshotOutOfDateError):
@@ -337,10 +339,10 @@ def test_empty_snapshot_is_ignored(storage: Storage) -> None:
 def test_install_then_create_and_compact(storage: Storage) -> None:
     storage.save(None, [], snap(10, 2))
     storage.save(None, ents(11, 20, term=3))
-    storage.create_snapshot(15, b"s15", frozenset({4}))
+    storage.create_snapshot(15, b"s15", Membership.of({4}))
     storage.compact(15)
     assert storage.first_index() == 16
-    assert storage.snapshot().meta == SnapshotMeta(15, 3, frozenset({4}))
+    assert storage.snapshot().meta == SnapshotMeta(15, 3, Membership.of({4}))
     storage.save(None, [], snap(30, 4))
     assert storage.first_index() == 31
     assert storage.snapshot().data == b"sm30"
@@ -354,7 +356,7 @@ def test_many_entries_across_segments(storage: Storage) -> None:
     assert storage.last_index() == 160
     assert storage.term(149) == 1
     assert storage.term(150) == 2
-    storage.create_snapshot(155, b"s", frozenset({1}))
+    storage.create_snapshot(155, b"s", Membership.of({1}))
     storage.compact(150)
     assert log_of(storage)[0] == (151, 2)
     assert storage.entries(151, 161) == ents(151, 160, term=2, size=5)

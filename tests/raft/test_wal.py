@@ -11,6 +11,7 @@ import pytest
 
 from raft.file_storage import FileStorage
 from raft.fileio import OsFileSystem
+from raft.membership import Membership
 from raft.types import Entry, EntryType, HardState
 from raft.wal import (
     END_OF_BATCH,
@@ -307,7 +308,7 @@ def test_compaction_deletes_only_wholly_compacted_segments(tmp_path: Path) -> No
         for i in range(1, 41):
             s.save(None, ents(i, i, size=40))
         before = segments(tmp_path)
-        s.create_snapshot(25, b"sm", frozenset({1}))
+        s.create_snapshot(25, b"sm", Membership.of({1}))
         s.compact(25)
         after = segments(tmp_path)
         assert len(after) < len(before)
@@ -334,7 +335,7 @@ def test_install_snapshot_deletes_old_segments(tmp_path: Path) -> None:
         for i in range(1, 21):
             s.save(None, ents(i, i, size=40))
         assert len(segments(tmp_path)) > 3
-        s.save(None, [], Snapshot(SnapshotMeta(100, 5, frozenset({1})), b"x"))
+        s.save(None, [], Snapshot(SnapshotMeta(100, 5, Membership.of({1})), b"x"))
         assert len(segments(tmp_path)) == 1
     with FileStorage(tmp_path) as s:
         assert s.first_index() == 101

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raft import raft_pb2
+from raft.membership import Membership
 from raft.transport import RAFT_SERVICE, RaftService
 from raft.types import Entry, EntryType, Message, MessageType, SnapshotMeta
 from raft.wire import RPC_METHOD, message_from_pb, message_to_pb, pack_entries, unpack_entries
@@ -20,6 +21,17 @@ entries = st.lists(
               data=st.binary(max_size=40), type=st.sampled_from(EntryType)),
     max_size=5,
 ).map(tuple)
+
+
+@st.composite
+def _memberships(draw: st.DrawFn) -> Membership:
+    voters = draw(st.frozensets(st.integers(0, 50), max_size=7))
+    learners = draw(st.frozensets(st.integers(51, 60), max_size=2))
+    addresses = {n: f"10.0.0.{n}:{7000 + n}" for n in voters | learners if draw(st.booleans())}
+    return Membership.of(voters, learners, addresses)
+
+
+memberships = _memberships()
 
 messages = st.builds(
     Message,
@@ -37,7 +49,7 @@ messages = st.builds(
     context=st.binary(max_size=16),
     snapshot=st.none() | st.builds(SnapshotMeta, index=st.integers(0, 2**40),
                                    term=st.integers(0, 2**40),
-                                   peers=st.frozensets(st.integers(0, 50), max_size=7)),
+                                   membership=memberships),
     data=st.binary(max_size=64),
     offset=st.integers(0, 2**40),
     done=st.booleans(),

@@ -56,6 +56,7 @@ from random import Random
 from typing import Any
 
 from raft.core import Config, NotLeader, ProposalDropped, RaftCore
+from raft.membership import Membership
 from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
 from raft.types import (
@@ -368,6 +369,9 @@ class _Hooks:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def membership_changed(self, membership: Membership) -> None:
         pass
 
 
@@ -785,7 +789,8 @@ class Simulator:
             return
         if idx - st.snapshot().meta.index < self.profile.snapshot_min_gap:
             return
-        st.create_snapshot(idx, n.sm.snapshot(self.profile.snapshot_pad), self.peers)
+        assert n.core is not None
+        st.create_snapshot(idx, n.sm.snapshot(self.profile.snapshot_pad), n.core.membership_at(idx))
         upto = idx - rng.randint(0, 3)
         if upto >= st.first_index():
             st.compact(upto)
