@@ -780,7 +780,21 @@ class RaftCore:
         # Learners and removed servers never campaign (dissertation 4.2.1,
         # 4.2.2); a learner still answers vote requests, since a promotion
         # may be committed before the learner has it in its log.
-        return self._id in self._membership.voters
+        if self._id in self._membership.voters:
+            return True
+        # ... except a voter whose removal is in its log but not committed:
+        # it may be the only one that can finish it. A leader of voters
+        # {a, b} that appended its own removal and lost office before it
+        # committed holds the longest log, so b (under {a, b}) cannot win
+        # without its vote, which it refuses. It campaigns under the new
+        # configuration (its own vote does not count there), is elected by
+        # b, commits its removal and steps down.
+        confs = self._confs
+        return (
+            len(confs) > 1
+            and confs[-1][0] > self.log.committed
+            and self._id in confs[-2][2].voters
+        )
 
     def _hup(self, transfer: bool) -> None:
         if self._role is Role.LEADER or not self._promotable():

@@ -325,3 +325,26 @@ def test_the_own_term_rule_prevents_the_2015_schedule() -> None:
     net.tick(n=30)
     for i in (2, 3, 4):
         assert net.cores[i].log.entries(removal, None)[0] == decided
+
+
+def test_a_leader_whose_own_removal_did_not_commit_can_still_finish_it() -> None:
+    """Voters {1, 2}: leader 1 appends its removal, loses office before it
+    commits. 2 (under {1, 2}) needs 1's vote and is refused (1's log is
+    longer); 1 may campaign under {2}, is elected by 2, commits the removal
+    and hands over. Found by the simulator (membership profile, seed 121)."""
+    net = Network([1, 2], check_quorum=False)
+    net.elect(1)
+    net.isolate(1)
+    net.cores[1].propose_conf_change(ConfChange(REMOVE, 1))
+    net.flush()
+    net.restart(1)  # out of office, the removal still only in its log
+    assert net.cores[1].membership.voters == {2}
+    net.heal()
+    net.cores[2].campaign()
+    net.stabilize()
+    assert net.cores[2].role is not Role.LEADER  # 1 refuses: its log is longer
+    net.tick(n=60)
+    leader = net.leader()
+    assert leader is not None and leader.id == 2
+    assert leader.membership.voters == {2} and leader.log.committed >= leader.membership_index
+    assert net.cores[1].role is Role.FOLLOWER
