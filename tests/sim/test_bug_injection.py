@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from raft.core import NotLeader, ProposalDropped, RaftCore, Ready
-from raft.membership import ConfChange
+from raft.membership import ConfChange, Membership
 from raft.quorum import committed_index
 from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
@@ -133,6 +133,26 @@ class LearnerQuorumCore(RaftCore):
         if index <= self.log.committed or self.log.term(index) != self.term:
             return False
         self.log.commit_to(index)
+        return True
+
+
+class NoConfRollbackCore(RaftCore):
+    """Keeps a configuration whose entry was truncated away (dissertation
+    4.1: "the server must be prepared to fall back to the previous
+    configuration in its log")."""
+
+    def _track_confs(self, prev: int, entries: tuple[Entry, ...]) -> None:
+        newest = self._confs[-1][0]
+        for e in entries:
+            if e.type is EntryType.CONF_CHANGE and e.index > newest:
+                self._adopt_conf(e.index, e.term, Membership.decode(e.data))
+
+
+class LearnerCampaignsCore(RaftCore):
+    """Lets learners and removed servers stand for election (dissertation
+    4.2.1 and 4.2.2: they must not)."""
+
+    def _promotable(self) -> bool:
         return True
 
 
@@ -295,6 +315,20 @@ BUGS = [
         replace(PROFILES["membership"], ticks=150),
         core=LearnerQuorumCore,
         expect=frozenset({"commit-quorum"}),
+        max_seeds=50,
+    ),
+    Bug(
+        "configuration-not-rolled-back",
+        replace(PROFILES["membership-churn"], ticks=150),
+        core=NoConfRollbackCore,
+        expect=frozenset({"membership-in-force"}),
+        max_seeds=100,
+    ),
+    Bug(
+        "learners-campaign",
+        replace(PROFILES["membership"], ticks=150),
+        core=LearnerCampaignsCore,
+        expect=frozenset({"conf-only-voters-campaign"}),
         max_seeds=50,
     ),
     # The same bugs judged by their consequences only (rule checks off).
