@@ -1287,6 +1287,11 @@ class Simulator:
             self.stats["final_voters"] += sum(
                 1 for n in final if n.core is not None and n.id in n.core.membership.voters
             )
+            # Non-members still running through the liveness phase: they did
+            # not keep the cluster from electing and committing.
+            self.stats["outsiders_running"] += sum(
+                1 for n in self.nodes if n.core is not None and n not in final
+            )
             self.checker.check_final(
                 {n.id: n.sm.index for n in final}, {n.id: n.sm.digest for n in final}
             )

@@ -349,6 +349,18 @@ BUGS = [
     # (180 s on 2 cores): one election-safety violation, at seed 174 (term 6:
     # leader 3 of {1,2,3}, which removed 0 right after its election, and
     # leader 2 of {0,...,4}, with disjoint majorities {1,3} and {0,2,4}).
+    # Two uncommitted changes: over seeds 0..804 (150 s on 2 cores), 5
+    # election-safety and 7 leader-completeness violations, the first
+    # safety one at seed 114 (39 liveness failures besides, the first at 25).
+    Bug(
+        "two-uncommitted-conf-changes-consequence",
+        PROFILES["membership-churn"],
+        core=TwoPendingChangesCore,
+        expect=frozenset({"election-safety", "leader-completeness", "state-machine-safety"}),
+        first_seed=114,
+        max_seeds=1,
+        rule_checks=False,
+    ),
     Bug(
         "conf-change-before-own-term-commit-consequence",
         PROFILES["membership-churn"],

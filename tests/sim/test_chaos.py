@@ -71,7 +71,7 @@ def test_chaos() -> None:
     keys += ("applied", "reads_released", "snapshots_installed", "transfers")
     keys += ("deferred_writes", "pipelined_readys")
     keys += ("conf_add_learner", "conf_promote", "conf_remove", "conf_refused", "conf_error",
-             "conf_not_leader", "joined", "retired")
+             "conf_not_leader", "joined", "retired", "outsiders_running")
     print("  events: " + ", ".join(f"{k}={events[k]}" for k in keys))
     for rep in reports:
         print(rep, end="\n\n")

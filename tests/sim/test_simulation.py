@@ -35,7 +35,7 @@ PLAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "chaos": (40, ("crashes", "partitions", "snapshots_created", "applied")),
     "figure8": (40, ("crashes", "elections", "applied")),
     "membership": (60, ("conf_add_learner", "conf_promote", "conf_remove", "conf_refused",
-                        "conf_error", "conf_not_leader", "joined", "retired",
+                        "conf_error", "conf_not_leader", "joined", "retired", "outsiders_running",
                         "snapshots_installed", "crashes", "partitions")),
     "membership-churn": (40, ("conf_add_learner", "conf_promote", "conf_remove",
                               "conf_on_election", "conf_refused", "crashes")),
