@@ -77,9 +77,10 @@ def test_no_violations(profile: str, lo: int, hi: int) -> None:
         assert total[stat] > 0, f"{profile} seeds {lo}..{hi - 1} never exercised {stat}"
 
 
-def test_replay_is_deterministic() -> None:
-    a = _run("chaos", 3)
-    b = _run("chaos", 3)
+@pytest.mark.parametrize("profile", ["chaos", "membership"])
+def test_replay_is_deterministic(profile: str) -> None:
+    a = _run(profile, 3)
+    b = _run(profile, 3)
     assert a.stats == b.stats
     assert (a.ok, a.invariant, a.detail) == (b.ok, b.invariant, b.detail)
 
