@@ -59,9 +59,36 @@ Linearizable reads (dissertation 6.4, ReadIndex)
 
 Durability
     An entry that was committed and applied by anyone is never lost: after the
-    faults heal every node converges on a state machine containing it. Leader
-    Completeness catches most losses as they happen; ``check_final`` closes
-    the loop.
+    faults heal every member of the final configuration converges on a state
+    machine containing it. Leader Completeness catches most losses as they
+    happen; ``check_final`` closes the loop. A node removed from the cluster
+    may stop short (nobody replicates to it any more), but whatever it
+    applied is checked like everyone's (State Machine Safety).
+
+Membership (dissertation chapter 4), when the voter set changes
+    None of the checks above counts nodes: "committed" is what a leader
+    claims, and the claims are checked against each other, so they keep
+    their meaning when voters come and go. What a changing voter set adds:
+
+    * Commit quorum (a rule): when a leader advances its commit index to
+      ``i``, a majority of the voters of the configuration in force on it
+      durably hold ``i`` (with its term). This is the claim itself, checked
+      against the disks; a leader counting learners, or a stale
+      configuration, breaks it at once.
+    * Configuration in force (4.1): every node's membership is the one in
+      the latest configuration entry of its log (committed or not), else
+      its snapshot's, else its bootstrap one.
+    * One at a time (4.1): no log holds two configuration entries past the
+      highest committed index (a leader appends one only once the previous
+      one is committed, and Log Matching spreads that prefix).
+    * Own term first (Ongaro, raft-dev 2015): a leader proposes a change only
+      once it has committed an entry of its own term.
+    * Only voters campaign (4.2.1): a node that becomes pre-candidate,
+      candidate or leader is a voter of the membership in force on it.
+
+    All but the second are rules, not consequences: ``rule_checks=False``
+    turns them off to see whether breaking a rule also breaks one of the
+    consequences above within a seed budget (tests/sim/test_bug_injection.py).
 """
 
 from __future__ import annotations
@@ -69,12 +96,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from raft.types import NONE, Entry, HardState, ReadState, SnapshotMeta
+from raft.membership import Membership
+from raft.types import NONE, Entry, EntryType, HardState, ReadState, SnapshotMeta
 
 __all__ = ["Checker", "LogView", "SafetyViolation", "TermOf"]
 
 #: index -> term in a leader's log, or None when it has no entry there.
 TermOf = Callable[[int], "int | None"]
+#: (node, index, term) -> whether the node durably holds that entry (or a
+#: snapshot covering it).
+Holds = Callable[[int, int, int], bool]
 
 
 class SafetyViolation(Exception):
@@ -150,6 +181,13 @@ class Checker:
     applied_payloads: dict[bytes, int] = field(default_factory=dict)
     #: payloads handed to ``propose`` (no invented entries).
     proposed: set[bytes] = field(default_factory=set)
+    #: encoded memberships appended by ``propose_conf_change`` (ditto; the
+    #: same membership may recur, so these are exempt from the
+    #: applied-once rule).
+    proposed_confs: set[bytes] = field(default_factory=set)
+    #: Check the membership *rules* (own term first, one at a time, only
+    #: voters campaign), not only their consequences.
+    rule_checks: bool = True
     reads: dict[bytes, _PendingRead] = field(default_factory=dict)
     nodes: dict[int, _NodeState] = field(default_factory=dict)
     reads_released: int = 0
@@ -292,7 +330,13 @@ class Checker:
                 )
             return
         assert i == len(self.applied), "contiguity checked above"
-        if entry.data:
+        if entry.type is EntryType.CONF_CHANGE:
+            if entry.data not in self.proposed_confs:
+                raise SafetyViolation(
+                    "integrity", f"node {node} applied configuration {entry.data!r} "
+                    "which no leader proposed"
+                )
+        elif entry.data:
             if entry.data not in self.proposed:
                 raise SafetyViolation(
                     "integrity", f"node {node} applied {entry.data!r} which nobody proposed"
@@ -334,6 +378,92 @@ class Checker:
 
     def on_propose(self, data: bytes) -> None:
         self.proposed.add(data)
+
+    # -- membership ---------------------------------------------------------------
+
+    def on_conf_propose(
+        self,
+        node: int,
+        term: int,
+        index: int,
+        data: bytes,
+        own_term_committed: bool,
+        prev_conf: int,
+        commit: int,
+    ) -> None:
+        """Leader ``node`` of ``term`` appended configuration ``data`` at
+        ``index``. Before the append its commit index was ``commit``, the
+        entry there was of its own term iff ``own_term_committed``, and the
+        latest configuration entry in its log was at ``prev_conf`` (0: none
+        in the log)."""
+        self.proposed_confs.add(data)
+        if not self.rule_checks:
+            return
+        if not own_term_committed:
+            raise SafetyViolation(
+                "conf-own-term",
+                f"leader {node} of term {term} proposed a membership change (index {index}) "
+                f"before committing an entry of its term (commit {commit})",
+            )
+        if prev_conf > commit:
+            raise SafetyViolation(
+                "conf-one-at-a-time",
+                f"leader {node} of term {term} proposed a membership change (index {index}) "
+                f"while the one at {prev_conf} was not committed (commit {commit})",
+            )
+
+    def check_conf_pending(self, node: int, conf_indexes: Sequence[int]) -> None:
+        """``conf_indexes``: the configuration entries in ``node``'s log past
+        ``max_committed``. At most one may be (dissertation 4.1)."""
+        if self.rule_checks and len(conf_indexes) > 1:
+            raise SafetyViolation(
+                "conf-one-at-a-time",
+                f"node {node} holds configuration entries at {sorted(conf_indexes)}, more than "
+                f"one past the highest committed index {self.max_committed}",
+            )
+
+    def check_membership_in_force(
+        self, node: int, in_force: Membership, expected: Membership, source: str
+    ) -> None:
+        """Dissertation 4.1: a server uses the latest configuration in its
+        log, committed or not. ``expected`` is that one, found by the
+        caller from the node's log (``source`` says where)."""
+        if in_force != expected:
+            raise SafetyViolation(
+                "membership-in-force",
+                f"node {node} uses {in_force.describe()}, but the latest configuration it holds "
+                f"({source}) is {expected.describe()}",
+            )
+
+    def on_campaign(self, node: int, role: str, term: int, membership: Membership) -> None:
+        """``node`` became ``role`` (pre-candidate, candidate or leader) in
+        ``term`` under ``membership``: it must be one of its voters
+        (dissertation 4.2.1: learners and removed servers never stand)."""
+        if self.rule_checks and node not in membership.voters:
+            kind = "learner" if node in membership.learners else "non-member"
+            raise SafetyViolation(
+                "conf-only-voters-campaign",
+                f"node {node}, a {kind} of {membership.describe()}, became {role} in term {term}",
+            )
+
+    def check_commit_quorum(
+        self, node: int, term: int, index: int, entry_term: int, voters: frozenset[int],
+        holds: Holds,
+    ) -> None:
+        """Leader ``node`` of ``term`` committed ``index`` (of ``entry_term``)
+        under a configuration whose voters are ``voters``: a majority of them
+        must hold it on disk (paper 5.3; with one-server changes any
+        majority of the configuration in force overlaps any majority of the
+        previous one, dissertation 4.1)."""
+        if not self.rule_checks:
+            return
+        have = sorted(v for v in voters if holds(v, index, entry_term))
+        if 2 * len(have) <= len(voters):
+            raise SafetyViolation(
+                "commit-quorum",
+                f"leader {node} of term {term} committed {index}@t{entry_term}, but only "
+                f"{have} of its voters {sorted(voters)} hold it",
+            )
 
     def on_read_start(self, ctx: bytes, node: int, term: int, now: float) -> None:
         self.reads[ctx] = _PendingRead(node, term, now, self.max_committed)
@@ -412,8 +542,9 @@ class Checker:
                     break
 
     def check_final(self, applied: dict[int, int], digests: dict[int, bytes]) -> None:
-        """Durability after healing: every node's state machine reached the
-        same point, which includes everything ever committed."""
+        """Durability after healing: every node given (the members of the
+        final configuration) reached the same point, which includes
+        everything ever committed."""
         for node, idx in applied.items():
             if idx < self.max_committed:
                 raise SafetyViolation(

@@ -25,6 +25,18 @@ tests:
 * The workload proposes unique payloads, issues ReadIndex reads, takes
   application snapshots and compacts the log (so lagging nodes need
   InstallSnapshot), and asks leaders to transfer leadership.
+* With ``member_rate`` (the "membership" profiles) it also asks for
+  membership changes, one server at a time (dissertation chapter 4): add a
+  brand-new empty node as a learner (a fresh id, empty storage, a config
+  that knows no membership: what ``kvserver --join`` starts), promote a
+  learner, remove a voter (the leader too) or a learner, and now and then a
+  change the target must refuse. Refusals (not leader, previous change
+  uncommitted, own-term entry not committed yet, a change that does not
+  fit) are expected outcomes, counted in the stats. A removed node keeps
+  running, and is checked like any other; once its removal is committed it
+  may be stopped for good. ``member_on_election`` also asks a freshly
+  elected leader for a change in the same delivery round, before its no-op
+  can have committed (where the 2015 single-server bug lives).
 * Each node's ``Ready``s go through ``raft.ready_processor.ReadyProcessor``,
   the driver ``RaftNode`` runs too: messages that may leave at once leave,
   snapshots and committed entries are applied, and the writes are made
@@ -32,9 +44,11 @@ tests:
   while the node keeps taking Readys; only then do the acknowledgements
   leave. A crash loses every write not yet durable.
 
-After the faulty phase the network heals, every node restarts, and the run
-must show liveness: a leader known to all within ``10 * election_tick``
-ticks, and fresh proposals applied everywhere within as many again. The
+After the faulty phase the network heals, every node restarts (but those
+stopped for good), and the run must show liveness: a leader known to every
+member of its configuration within ``10 * election_tick`` ticks, and fresh
+proposals applied by all those members within as many again; a removed
+node that still runs must not prevent that. The
 invariants are in ``tests/sim/checker.py``; any violation stops the run and
 the result carries a readable trace of the last events and the replay command.
 """
@@ -55,12 +69,20 @@ from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any
 
-from raft.core import Config, NotLeader, ProposalDropped, RaftCore
-from raft.membership import Membership
+from raft.core import (
+    ConfChangeError,
+    ConfChangeRefused,
+    Config,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+)
+from raft.membership import ConfChange, ConfChangeOp, Membership
 from raft.ready_processor import ReadyProcessor
 from raft.storage import MemoryStorage
 from raft.types import (
     Entry,
+    EntryType,
     HardState,
     Message,
     MessageType,
@@ -142,6 +164,18 @@ class FaultProfile:
     report_unreachable: bool = True
     #: Ticks between whole-log (Log Matching) checks.
     check_every: int = 25
+    # membership (dissertation chapter 4)
+    #: Per tick: probability that the application asks for one change.
+    member_rate: float = 0.0
+    #: Probability that a newly elected leader is asked for a change at once.
+    member_on_election: float = 0.0
+    #: Never promote past this many voters.
+    max_voters: int = 7
+    #: Node ids ever created (the initial ones included).
+    max_nodes: int = 12
+    #: Per tick per removed node: probability it is stopped for good once
+    #: its removal is committed.
+    retire_rate: float = 0.0
 
 
 PROFILES: dict[str, FaultProfile] = {
@@ -193,6 +227,51 @@ PROFILES: dict[str, FaultProfile] = {
             transfer_rate=0.02,
             snapshot_rate=0.03,
             propose_rate=1.0,
+        ),
+        # Membership changes under every fault: partitions, cuts, crashes,
+        # loss, duplication, snapshots and compaction.
+        FaultProfile(
+            "membership",
+            drop=0.03,
+            dup=0.02,
+            delay=(1, 6),
+            partition_rate=0.02,
+            cut_rate=0.02,
+            heal_rate=0.05,
+            crash_rate=0.03,
+            downtime=(2, 30),
+            transfer_rate=0.01,
+            snapshot_rate=0.04,
+            snapshot_min_gap=3,
+            propose_rate=1.0,
+            member_rate=0.1,
+            member_on_election=0.3,
+            retire_rate=0.05,
+        ),
+        # Ongaro's 2015 schedule needs a leader with an uncommitted change
+        # that loses office, and its successor changing the membership
+        # before committing anything: leaders crash and lose office often,
+        # and each new one is asked for a change at once.
+        FaultProfile(
+            "membership-churn",
+            nodes=4,
+            drop=0.1,
+            delay=(1, 8),
+            partition_rate=0.05,
+            cut_rate=0.03,
+            heal_rate=0.05,
+            crash_rate=0.08,
+            leader_crash_bias=0.8,
+            downtime=(1, 15),
+            propose_rate=1.0,
+            read_rate=0.05,
+            snapshot_rate=0.02,
+            # No leader lease: a voter may vote for a new candidate at once
+            # (the 2015 schedule needs that, see test_core_membership.py).
+            check_quorum=False,
+            member_rate=0.3,
+            member_on_election=0.9,
+            retire_rate=0.05,
         ),
         # Figure 8 of the paper: leaders crash right after replicating to a
         # minority, over and over, with many proposals. Used to hunt the
@@ -322,6 +401,10 @@ class SimNode:
     term: int = 0
     commit: int = 0
     incarnation: int = 0
+    #: Added by a membership change: started empty, knowing no membership.
+    joined: bool = False
+    #: Stopped for good (its removal is committed); never restarted.
+    gone: bool = False
 
 
 class _Disk:
@@ -438,6 +521,7 @@ class Simulator:
         trace_len: int = 80,
         verbose: bool = False,
         replay_hint: str = "",
+        rule_checks: bool = True,
     ) -> None:
         self.seed = seed
         self.profile = profile
@@ -451,8 +535,11 @@ class Simulator:
         self.fault_rng = Random(master.getrandbits(64))
         self.work_rng = Random(master.getrandbits(64))
         self.node_rng_seeds = [master.getrandbits(64) for _ in range(profile.nodes)]
+        # Drawn last, so that profiles without membership changes replay
+        # exactly as before it existed.
+        self.member_rng = Random(master.getrandbits(64))
         self.net = Network(self.net_rng, profile)
-        self.checker = Checker()
+        self.checker = Checker(rule_checks=rule_checks)
         self.peers = frozenset(range(profile.nodes))
         self.nodes = [SimNode(i, storage_factory()) for i in range(profile.nodes)]
         self.now = 0  # in delivery rounds
@@ -463,6 +550,14 @@ class Simulator:
         self._reads = 0
         #: Peers the node being driven failed to reach (see report_unreachable).
         self._unreachable: set[int] = set()
+        self._faulty = False
+        self._check_members_every_tick = bool(profile.member_rate or profile.member_on_election)
+        #: Every configuration proposed: (index, term, membership).
+        self._confs: list[tuple[int, int, Membership]] = []
+        #: Ids whose removal was proposed (candidates for retirement).
+        self._removed: set[int] = set()
+        #: Newly elected leaders to ask for a change (member_on_election).
+        self._eager: list[int] = []
 
     # -- trace ----------------------------------------------------------------
 
@@ -490,7 +585,9 @@ class Simulator:
         rng = Random(self.node_rng_seeds[n.id] + 7919 * n.incarnation)
         return Config(
             id=n.id,
-            peers=self.peers,
+            # A joined node knows no membership until its log or a snapshot
+            # tells it (kvserver --join); the others bootstrap from config.
+            peers=frozenset() if n.joined else self.peers,
             rng=rng,
             election_tick=p.election_tick,
             heartbeat_tick=p.heartbeat_tick,
@@ -558,21 +655,55 @@ class Simulator:
         if role is n.role and term == n.term and commit == n.commit:
             return  # nothing the checker has not seen
         ck = self.checker
+        # A leader whose own removal just committed steps down in the same
+        # step (dissertation 4.2.2): that last commit is still a leader's.
+        was_leader = n.role is Role.LEADER and n.term == term
         if role is not n.role or term != n.term:
             self._ev(n.id, "ROLE", f"{role.value} term={term}")
             n.role = role
             n.term = term
+            if role is not Role.FOLLOWER:
+                ck.on_campaign(n.id, role.value, term, core.membership)
         is_leader = role is Role.LEADER
+        if was_leader and not is_leader and commit > n.commit:
+            self._ev(n.id, "COMMIT", f"commit={commit} (as leader, then stepped down)")
+            self._leader_commit(n, core, term, commit)
         ck.on_state(n.id, term, commit, is_leader)
         if is_leader:
             if ck.leaders.get(term) != n.id:
                 self.stats["elections"] += 1
                 ck.on_leader(n.id, term, self._log_view(n))
-            ck.on_leader_commit(n.id, term, commit, self._term_of(core))
+                p = self.profile
+                if (self._faulty and p.member_on_election
+                        and self.member_rng.random() < p.member_on_election):
+                    self._eager.append(n.id)
+            self._leader_commit(n, core, term, commit)
         if commit != n.commit:
             if commit > n.commit:
                 self._ev(n.id, "COMMIT", f"commit={commit}")
             n.commit = commit
+
+    def _leader_commit(self, n: SimNode, core: RaftCore, term: int, commit: int) -> None:
+        """Leader ``n`` of ``term`` has commit index ``commit``."""
+        term_of = self._term_of(core)
+        if commit > n.commit:
+            entry_term = term_of(commit)
+            if entry_term is not None:
+                self.checker.check_commit_quorum(
+                    n.id, term, commit, entry_term, core.membership.voters, self._holds
+                )
+        self.checker.on_leader_commit(n.id, term, commit, term_of)
+
+    def _holds(self, node: int, index: int, term: int) -> bool:
+        """Whether ``node``'s disk holds ``index``@``term`` (or a snapshot
+        covering it: snapshot integrity is checked on its own)."""
+        st = self.nodes[node].storage
+        if index <= st.snapshot().meta.index:
+            return True
+        try:
+            return st.term(index) == term
+        except Exception:
+            return False
 
     @staticmethod
     def _term_of(core: RaftCore) -> Callable[[int], int | None]:
@@ -684,29 +815,37 @@ class Simulator:
     def _faults(self) -> None:
         p, rng, net = self.profile, self.fault_rng, self.net
         for n in self.nodes:
-            if n.core is None and n.restart_at <= self.tick_no:
+            if n.core is None and not n.gone and n.restart_at <= self.tick_no:
                 self._restart(n)
+        if p.retire_rate:
+            self._retire()
+        # Without membership changes: range(p.nodes), as before they existed.
+        alive = [n.id for n in self.nodes if not n.gone]
         if p.crash_rate and rng.random() < p.crash_rate:
             up = [n for n in self.nodes if n.core is not None]
-            max_down = p.max_down if p.max_down is not None else (p.nodes - 1) // 2
-            if len(self.nodes) - len(up) < max_down and up:
-                leader = self._leader()
+            leader = self._leader()
+            if p.max_down is not None:
+                max_down = p.max_down
+            else:  # a minority of the voters
+                voters = len(leader.core.membership.voters) if leader and leader.core else p.nodes
+                max_down = (voters - 1) // 2
+            if len(alive) - len(up) < max_down and up:
                 victim = leader if leader and rng.random() < p.leader_crash_bias else rng.choice(up)
                 self._crash(victim)
-        if p.partition_rate and rng.random() < p.partition_rate:
-            ids = list(range(p.nodes))
+        if p.partition_rate and rng.random() < p.partition_rate and len(alive) > 1:
+            ids = list(alive)
             rng.shuffle(ids)
             leader = self._leader()
             if leader is not None and rng.random() < 0.5:
                 # Isolate the leader with a random minority.
                 ids.remove(leader.id)
                 ids.insert(0, leader.id)
-            k = rng.randint(1, p.nodes // 2)
+            k = rng.randint(1, len(ids) // 2)
             net.groups = {i: (1 if pos < k else 0) for pos, i in enumerate(ids)}
             self.stats["partitions"] += 1
             self._ev(-1, "PARTITION", f"{sorted(ids[:k])} | {sorted(ids[k:])}")
-        if p.cut_rate and rng.random() < p.cut_rate:
-            a, b = rng.sample(range(p.nodes), 2)
+        if p.cut_rate and rng.random() < p.cut_rate and len(alive) > 1:
+            a, b = rng.sample(alive, 2)
             net.cuts.add((a, b))
             self.stats["cuts"] += 1
             self._ev(-1, "CUT", f"{a} -> {b}")
@@ -724,8 +863,10 @@ class Simulator:
             self._read(rng)
         if p.transfer_rate and rng.random() < p.transfer_rate:
             leader = self._leader()
-            if leader is not None and leader.core is not None:
-                to = rng.choice([i for i in range(p.nodes) if i != leader.id])
+            others = sorted(leader.core.membership.voters - {leader.id}) if (
+                leader is not None and leader.core is not None) else []
+            if leader is not None and leader.core is not None and others:
+                to = rng.choice(others)
                 self._ev(leader.id, "TRANSFER", f"to {to}")
                 self.stats["transfers"] += 1
                 with contextlib.suppress(NotLeader, ProposalDropped):
@@ -735,6 +876,138 @@ class Simulator:
             for n in self.nodes:
                 if n.core is not None and rng.random() < p.snapshot_rate:
                     self._app_snapshot(n, rng)
+        if p.member_rate and self.member_rng.random() < p.member_rate:
+            target = self._target(self.member_rng)
+            if target is not None:
+                self._change_membership(target)
+
+    # -- membership changes ---------------------------------------------------
+
+    def _pick_change(self, rng: Random, m: Membership) -> ConfChange:
+        """One single-server change to ``m``, drifting toward 3..5 voters;
+        one in ten is a change ``m`` cannot take (ConfChangeError)."""
+        p = self.profile
+        voters, learners = sorted(m.voters), sorted(m.learners)
+        if rng.random() < 0.1 or not voters:
+            kind = rng.randrange(3)
+            if kind == 0 and m.members:
+                return ConfChange(ConfChangeOp.ADD_LEARNER, rng.choice(sorted(m.members)), "dup")
+            if kind == 1 and voters:
+                return ConfChange(ConfChangeOp.PROMOTE, rng.choice(voters))
+            return ConfChange(ConfChangeOp.REMOVE, 10_000 + rng.randrange(10))
+        small = len(voters) <= 3
+        options: list[tuple[str, int]] = []
+        if len(self.nodes) < p.max_nodes and len(m.members) < p.max_voters + 2:
+            options.append(("add", 3 if small else 1))
+        if learners and len(voters) < p.max_voters:
+            options.append(("promote", 4 if small else 1))
+        if len(voters) > 1:
+            options.append(("remove-voter", 1 if small else 3))
+        if learners:
+            options.append(("remove-learner", 1))
+        if not options:
+            return ConfChange(ConfChangeOp.PROMOTE, rng.choice(voters))
+        kinds, weights = zip(*options, strict=True)
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "add":
+            new = len(self.nodes)
+            return ConfChange(ConfChangeOp.ADD_LEARNER, new, f"sim:{new}")
+        if kind == "promote":
+            return ConfChange(ConfChangeOp.PROMOTE, rng.choice(learners))
+        return ConfChange(
+            ConfChangeOp.REMOVE, rng.choice(voters if kind == "remove-voter" else learners)
+        )
+
+    def _change_membership(self, n: SimNode) -> None:
+        """Ask ``n`` (usually the leader) for one membership change."""
+        core = n.core
+        assert core is not None
+        change = self._pick_change(self.member_rng, core.membership)
+        # What the rules are judged against: the log before the append.
+        commit = core.log.committed
+        own_term = self._term_of(core)(commit) == core.term
+        latest = self._latest_conf_entry(core)
+        prev_conf = latest.index if latest is not None else 0
+        self.stats["conf_asked"] += 1
+        try:
+            index = core.propose_conf_change(change)
+        except NotLeader:
+            outcome = "not_leader"
+        except ConfChangeRefused:
+            outcome = "refused"
+        except ConfChangeError:
+            outcome = "error"
+        except ProposalDropped:
+            outcome = "dropped"
+        else:
+            outcome = change.op.value
+        self.stats[f"conf_{outcome.replace('-', '_')}"] += 1
+        if outcome not in ("not_leader", "refused", "error", "dropped"):
+            entry = core.log.slice(index, index + 1)[0]
+            new = Membership.decode(entry.data)
+            self.checker.on_conf_propose(
+                n.id, core.term, index, entry.data, own_term, prev_conf, commit
+            )
+            self._confs.append((index, entry.term, new))
+            self._ev(n.id, "CONF", f"{change} -> index {index}: {new.describe()}")
+            if change.op is ConfChangeOp.ADD_LEARNER and change.node == len(self.nodes):
+                self._join(change.node)
+            elif change.op is ConfChangeOp.REMOVE:
+                self._removed.add(change.node)
+        else:
+            self._ev(n.id, "CONF-NO", f"{change}: {outcome}")
+        self._drive(n)
+
+    @staticmethod
+    def _latest_conf_entry(core: RaftCore) -> Entry | None:
+        """The latest configuration entry in the core's log (unstable part
+        included); None if there is none past its snapshot."""
+        log = core.log
+        first, hi = log.first_index(), log.last_index() + 1
+        while hi > first:
+            lo = max(first, hi - 64)
+            for e in reversed(log.slice(lo, hi)):
+                if e.type is EntryType.CONF_CHANGE:
+                    return e
+            hi = lo
+        return None
+
+    def _join(self, node: int) -> None:
+        """Start the node a change just added: empty storage, no membership."""
+        assert node == len(self.nodes)
+        self.node_rng_seeds.append(self.member_rng.getrandbits(64))
+        n = SimNode(node, self.storage_factory(), joined=True)
+        self.nodes.append(n)
+        self.stats["joined"] += 1
+        self._ev(node, "JOIN", "new empty node")
+        self._start(n)
+
+    def _retire(self) -> None:
+        """Stop for good, now and then, a node whose removal is committed.
+        Committed for sure: a committed configuration that has it is
+        followed by a committed one that does not (ids are never re-added)."""
+        if not self._removed:
+            return
+        ck = self.checker
+        committed = [
+            m for i, t, m in sorted(self._confs, key=lambda c: c[0])
+            if i <= ck.max_committed and ck.committed_terms[i] == t
+        ]
+        if not committed:
+            return
+        latest = committed[-1]
+        for node in sorted(self._removed):
+            n = self.nodes[node]
+            if n.gone or node in latest.members:
+                continue
+            if not any(node in m.members for m in committed):
+                continue
+            if self.member_rng.random() < self.profile.retire_rate:
+                if n.core is not None:
+                    self._crash(n)
+                n.gone = True
+                self.stats["retired"] += 1
+                self._ev(node, "RETIRED", "removal committed; stopped for good")
 
     def _target(self, rng: Random) -> SimNode | None:
         leader = self._leader()
@@ -813,18 +1086,67 @@ class Simulator:
             if n.core is not None and not (skip and self.fault_rng.random() < skip):
                 n.core.tick()
                 self._drive(n)
+        self._ask_new_leaders()
         for s in range(p.substeps):
             self.now = self.tick_no * p.substeps + s
             self._complete_writes()
             for m in self.net.due(self.now):
                 self._deliver(m)
+                self._ask_new_leaders()
         self.tick_no += 1
         self.stats["ticks"] += 1
+        if self._check_members_every_tick:
+            self._check_membership()
+
+    def _ask_new_leaders(self) -> None:
+        """member_on_election: a leader elected just now gets a change
+        request in the same round (its no-op is not committed yet)."""
+        while self._eager:
+            n = self.nodes[self._eager.pop()]
+            if n.core is not None and n.role is Role.LEADER:
+                self.stats["conf_on_election"] += 1
+                self._change_membership(n)
 
     def _check_logs(self) -> None:
         self.checker.check_log_matching(
             {n.id: self._log_view(n) for n in self.nodes if n.core is not None}
         )
+        self._check_membership()
+
+    def _check_membership(self) -> None:
+        """Each live node's membership in force is the latest configuration
+        in its log (else its snapshot's, else its bootstrap one), and no
+        log holds two configuration entries past the highest committed
+        index."""
+        ck = self.checker
+        top = ck.max_committed
+        for n in self.nodes:
+            core = n.core
+            if core is None:
+                continue
+            log = core.log
+            first, last = log.first_index(), log.last_index()
+            pending = [
+                e.index for e in log.slice(max(first, top + 1), last + 1)
+                if e.type is EntryType.CONF_CHANGE
+            ] if last > top else []
+            ck.check_conf_pending(n.id, pending)
+            expected, source = self._latest_conf(n)
+            ck.check_membership_in_force(n.id, core.membership, expected, source)
+
+    def _latest_conf(self, n: SimNode) -> tuple[Membership, str]:
+        """The latest configuration ``n``'s log holds, found from the log
+        itself (not from the core's bookkeeping), and where it was found."""
+        core = n.core
+        assert core is not None
+        e = self._latest_conf_entry(core)
+        if e is not None:
+            return Membership.decode(e.data), f"entry {e.index}@t{e.term}"
+        snap = core.log.unstable.snapshot or n.storage.snapshot()
+        if not snap.meta.membership.empty:
+            return snap.meta.membership, f"snapshot at {snap.meta.index}"
+        boot = Membership() if n.joined else Membership.of(self.peers)
+        return boot, "bootstrap"
 
     @staticmethod
     def _log_view(n: SimNode) -> LogView:
@@ -851,18 +1173,26 @@ class Simulator:
         self.net.delay = (1, 2)
         self._ev(-1, "HEAL", "all faults healed; liveness phase")
         for n in self.nodes:
-            if n.core is None:
+            if n.core is None and not n.gone:
                 self._restart(n)
 
     def _stable_leader(self) -> SimNode | None:
+        """A leader that every member of its configuration follows."""
         leader = self._leader()
         if leader is None:
             return None
-        for n in self.nodes:
+        for n in self._members(leader):
             core = n.core
             if core is None or core.leader != leader.id or core.term != leader.term:
                 return None
         return leader
+
+    def _members(self, leader: SimNode | None) -> list[SimNode]:
+        """The members of ``leader``'s configuration (all nodes if none)."""
+        if leader is None or leader.core is None:
+            return [n for n in self.nodes if not n.gone]
+        members = leader.core.membership.members
+        return [n for n in self.nodes if n.id in members]
 
     def _liveness(self) -> None:
         bound = 10 * self.profile.election_tick
@@ -888,7 +1218,7 @@ class Simulator:
         # commit only along with one of the new leader's own).
         leader = self._leader()
         top = leader.core.log.last_index() if leader and leader.core else 0
-        lagging = min(n.sm.index for n in self.nodes)
+        lagging = min(n.sm.index for n in self._members(leader))
         bound += 2 * max(0, max(top, self.checker.max_committed) - lagging)
         applied = self.checker.applied_payloads
         while True:
@@ -935,7 +1265,7 @@ class Simulator:
 
     def _all_applied(self) -> bool:
         top = self.checker.max_committed
-        return all(n.sm.index >= top for n in self.nodes)
+        return all(n.sm.index >= top for n in self._members(self._stable_leader()))
 
     def run(self) -> SimResult:
         p = self.profile
@@ -943,16 +1273,27 @@ class Simulator:
         try:
             for n in self.nodes:
                 self._start(n)
+            self._faulty = True
             while self.tick_no < p.ticks:
                 self._tick(faulty=True)
                 if self.tick_no % p.check_every == 0:
                     self._check_logs()
+            self._faulty = False
             self._heal()
             self._check_logs()
             self._liveness()
             self._check_logs()
+            final = self._members(self._stable_leader())
+            self.stats["final_voters"] += sum(
+                1 for n in final if n.core is not None and n.id in n.core.membership.voters
+            )
+            # Non-members still running through the liveness phase: they did
+            # not keep the cluster from electing and committing.
+            self.stats["outsiders_running"] += sum(
+                1 for n in self.nodes if n.core is not None and n not in final
+            )
             self.checker.check_final(
-                {n.id: n.sm.index for n in self.nodes}, {n.id: n.sm.digest for n in self.nodes}
+                {n.id: n.sm.index for n in final}, {n.id: n.sm.digest for n in final}
             )
         except (SafetyViolation, LivenessFailure) as v:
             kind, detail = v.invariant, v.detail
@@ -977,13 +1318,15 @@ class Simulator:
         ]
         for n in self.nodes:
             if n.core is None:
-                lines.append(f"    n{n.id}: DOWN (restart at tick {n.restart_at})")
+                when = "for good" if n.gone else f"restart at tick {n.restart_at}"
+                lines.append(f"    n{n.id}: DOWN ({when})")
                 continue
             st = n.storage
             lines.append(
                 f"    n{n.id}: {n.role.value} term={n.term} commit={n.commit} "
                 f"applied={n.sm.index} log=[{st.first_index()}..{st.last_index()}] "
-                f"snap={st.snapshot().meta.index}"
+                f"snap={st.snapshot().meta.index} "
+                f"membership={n.core.membership.describe()}@{n.core.membership_index}"
             )
         lines.append(f"  leaders by term: {dict(sorted(self.checker.leaders.items()))}")
         lines.append(f"  last {len(self.trace)} events:")
@@ -1007,6 +1350,7 @@ def run_seed(
     trace_len: int = 80,
     verbose: bool = False,
     replay_hint: str = "",
+    rule_checks: bool = True,
 ) -> SimResult:
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     sim = Simulator(
@@ -1018,6 +1362,7 @@ def run_seed(
         trace_len=trace_len,
         verbose=verbose,
         replay_hint=replay_hint,
+        rule_checks=rule_checks,
     )
     return sim.run()
 
@@ -1063,6 +1408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="module:Class of the storage")
     ap.add_argument("--processor", default=None,
                     help="module:Class of the Ready processor (bug injection)")
+    ap.add_argument("--no-rule-checks", action="store_true",
+                    help="check the membership rules' consequences only, not the rules")
     args = ap.parse_args(argv)
 
     prof = PROFILES[args.profile]
@@ -1085,6 +1432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint += f" --ticks {args.ticks}"
     if args.nodes is not None:
         hint += f" --nodes {args.nodes}"
+    if args.no_rule_checks:
+        kwargs["rule_checks"] = False
+        hint += " --no-rule-checks"
     kwargs["replay_hint"] = hint
 
     if args.seed is not None:

@@ -1,4 +1,5 @@
-"""``make chaos``: 20,000 full-length seeds across all fault profiles.
+"""``make chaos``: 20,000 full-length seeds across all fault profiles
+(round-robin over ``PROFILES``, the membership-change ones included).
 
 Two worker processes (``multiprocessing``), a wall-clock budget
 (``SIM_CHAOS_SECONDS``, default 1800 s; seeds not started by then are
@@ -54,7 +55,7 @@ def test_chaos() -> None:
             by_profile[profile] += 1
             events.update(stats)
             if invariant is not None:
-                violations[invariant] += 1
+                violations[f"{invariant} ({profile})"] += 1
                 if len(reports) < 5:
                     reports.append(report)
     dt = time.perf_counter() - t0
@@ -65,9 +66,12 @@ def test_chaos() -> None:
     )
     print(f"  per profile: {dict(sorted(by_profile.items()))}")
     print(f"  violations: {dict(violations) or 'none'}")
-    keys = ("ticks", "delivered", "dropped", "duplicated", "crashes", "partitions", "elections")
+    keys: tuple[str, ...] = ("ticks", "delivered", "dropped", "duplicated", "crashes")
+    keys += ("partitions", "elections")
     keys += ("applied", "reads_released", "snapshots_installed", "transfers")
     keys += ("deferred_writes", "pipelined_readys")
+    keys += ("conf_add_learner", "conf_promote", "conf_remove", "conf_refused", "conf_error",
+             "conf_not_leader", "joined", "retired", "outsiders_running")
     print("  events: " + ", ".join(f"{k}={events[k]}" for k in keys))
     for rep in reports:
         print(rep, end="\n\n")
