@@ -84,7 +84,9 @@ Membership (dissertation chapter 4), when the voter set changes
     * Own term first (Ongaro, raft-dev 2015): a leader proposes a change only
       once it has committed an entry of its own term.
     * Only voters campaign (4.2.1): a node that becomes pre-candidate,
-      candidate or leader is a voter of the membership in force on it.
+      candidate or leader is a voter of the membership in force on it (or,
+      while that is uncommitted, of the one before: a voter whose own
+      removal is pending may finish it).
 
     All but the second are rules, not consequences: ``rule_checks=False``
     turns them off to see whether breaking a rule also breaks one of the
@@ -435,10 +437,16 @@ class Checker:
                 f"({source}) is {expected.describe()}",
             )
 
-    def on_campaign(self, node: int, role: str, term: int, membership: Membership) -> None:
+    def on_campaign(self, node: int, role: str, term: int, membership: Membership,
+                    before: Membership | None = None) -> None:
         """``node`` became ``role`` (pre-candidate, candidate or leader) in
         ``term`` under ``membership``: it must be one of its voters
-        (dissertation 4.2.1: learners and removed servers never stand)."""
+        (dissertation 4.2.1: learners and removed servers never stand), or a
+        voter of ``before``, the membership preceding an uncommitted
+        ``membership`` (a voter whose own removal is pending may finish it:
+        ``RaftCore._promotable``)."""
+        if before is not None and node in before.voters:
+            return
         if self.rule_checks and node not in membership.voters:
             kind = "learner" if node in membership.learners else "non-member"
             raise SafetyViolation(

@@ -663,7 +663,11 @@ class Simulator:
             n.role = role
             n.term = term
             if role is not Role.FOLLOWER:
-                ck.on_campaign(n.id, role.value, term, core.membership)
+                # The membership before the latest, while that is uncommitted:
+                # a voter whose own removal is pending may still stand.
+                pending = core.membership_index > core.log.committed
+                before = core.membership_at(core.membership_index - 1) if pending else None
+                ck.on_campaign(n.id, role.value, term, core.membership, before)
         is_leader = role is Role.LEADER
         if was_leader and not is_leader and commit > n.commit:
             self._ev(n.id, "COMMIT", f"commit={commit} (as leader, then stepped down)")

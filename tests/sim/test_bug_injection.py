@@ -352,12 +352,15 @@ BUGS = [
     # Two uncommitted changes: over seeds 0..804 (150 s on 2 cores), 5
     # election-safety and 7 leader-completeness violations, the first
     # safety one at seed 114 (39 liveness failures besides, the first at 25).
+    # Since a voter with its removal pending may campaign (RaftCore.
+    # _promotable) the schedules differ: the first is seed 56 (election
+    # safety, 6 s of hunting from seed 0).
     Bug(
         "two-uncommitted-conf-changes-consequence",
         PROFILES["membership-churn"],
         core=TwoPendingChangesCore,
         expect=frozenset({"election-safety", "leader-completeness", "state-machine-safety"}),
-        first_seed=114,
+        first_seed=56,
         max_seeds=1,
         rule_checks=False,
     ),
