@@ -162,7 +162,8 @@ class KvNode:
             SnapshotReceiver(node_id, self.state_machine.snapshot_dir)))
         self._started = False
         self._stopped = False
-        self._transport: RpcTransport | None = None
+        #: The peer transport, once started.
+        self.transport: RpcTransport | None = None
         # Whether the membership in force holds this node, and the index of
         # the configuration entry that took it out (0: none), see
         # ``_check_removed``.
@@ -190,7 +191,7 @@ class KvNode:
         transport.snapshot_sender = SnapshotSender(
             self.id, self.state_machine, call=transport.stream_call,
             forward=transport.send_now, unreachable=self.node.report_unreachable)
-        self._transport = transport
+        self.transport = transport
         # The config file gave the first peers; from here on the membership
         # in the log says who they are and where (it wins over the config).
         transport.set_peers(self._peer_addresses(self.node.membership))
@@ -221,8 +222,8 @@ class KvNode:
 
     def _membership_changed(self, membership: Membership) -> None:
         """A new membership is in force here (``RaftNode`` listener)."""
-        if self._transport is not None:
-            self._transport.set_peers(self._peer_addresses(membership))
+        if self.transport is not None:
+            self.transport.set_peers(self._peer_addresses(membership))
         member = self.id in membership.members
         if self._member and not member:
             # Not yet final: the entry may be truncated away (then this

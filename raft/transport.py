@@ -191,7 +191,7 @@ class RpcTransport:
             self._retired[peer] = (channel, address, timer)
             log.info("node %d: peer %d (%s:%d) left the membership", self._id, peer, *address)
         changed = {p: a for p, a in wanted.items() if self._addresses.get(p) != a}
-        for peer, address in changed.items():
+        for peer, address in list(changed.items()):
             old = self._channels.pop(peer, None)
             if old is not None:
                 log.info("node %d: peer %d moved from %s:%d to %s:%d", self._id, peer,
