@@ -63,7 +63,7 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         # A learner that is not running holds nothing: promotion refused.
         new = f"127.0.0.1:{free_ports(1)[0]}"
         code, out, err = member(conf, "add", "3", new)
-        assert code == 0, err
+        assert code == 0 and out == f"node 3 ({new}) added as a learner\n", err
         assert listed(conf)[3] == (new, "learner")
         code, _, err = member(conf, "promote", "3")
         assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
