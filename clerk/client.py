@@ -288,9 +288,12 @@ class AsyncClerk:
         self._leader = 0
         # Node id -> position in ``servers`` (the config's ids are its
         # positions until discovery says otherwise), and the positions
-        # tried in turn: the members last discovered (all, before that).
+        # tried in turn: the members last discovered, then the servers we
+        # were given (the members' addresses in the log are the peers'
+        # view; behind NAT a client may reach them only at its own).
         self._ids = {i: self._add_server(h, int(p)) for i, (h, p) in enumerate(servers)}
-        self._rotation = list(range(len(self.servers)))
+        self._given = sorted(set(self._ids.values()))
+        self._rotation = list(self._given)
         self._discovery: asyncio.Task[None] | None = None
         self._discovered_at: float | None = None
         self._next_seq = 1
@@ -538,7 +541,7 @@ class AsyncClerk:
         return rotation[0]
 
     def _adopt_members(self, members: Iterable[kv_pb2.Member]) -> None:
-        """Try these members from now on (servers for new addresses)."""
+        """Try these members first from now on (servers for new addresses)."""
         ids: dict[int, int] = {}
         for member in members:
             try:
@@ -548,7 +551,8 @@ class AsyncClerk:
             ids[member.id] = self._add_server(host, port)
         if ids:
             self._ids = ids
-            self._rotation = sorted(set(ids.values()))
+            found = sorted(set(ids.values()))
+            self._rotation = found + [p for p in self._given if p not in found]
 
     def _discover(self) -> None:
         """Ask for the membership in the background, unless a discovery is
