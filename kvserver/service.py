@@ -512,6 +512,14 @@ class KvService:
                 parse_address(request.address)
             except ValueError as exc:
                 problem = str(exc)
+        pending = self._node.membership_index
+        if problem is None and pending > self._node.status().commit:
+            # Checked before the change is: against an uncommitted
+            # membership a retry of that very change would look done
+            # ("already a learner") while it may still be lost.
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=f"the previous membership change (log index {pending}) is "
+                               f"not committed yet")
         if problem is None and op is not None:
             change = ConfChange(op, request.id,
                                 request.address if op is ConfChangeOp.ADD_LEARNER else "")

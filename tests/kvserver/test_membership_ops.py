@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,14 @@ from clerk import AsyncClerk, BadRequest, Member
 from kvserver import kv_pb2
 from kvserver.launcher import free_ports
 from kvserver.server import KvNode
-from tests.kvserver.inproc import WAIT, cluster, leader_of, start_empty_node, stub_for
+from tests.kvserver.inproc import (
+    WAIT,
+    cluster,
+    leader_of,
+    restart,
+    start_empty_node,
+    stub_for,
+)
 
 
 async def until(condition: object, what: str) -> None:
@@ -145,3 +153,36 @@ async def test_clerk_finds_the_cluster_through_removed_and_unknown_nodes(
             assert await ck.get("found") == b"yes"
             assert address(new) in ck.servers
             assert {m.id for m in await ck.member_list()} == {leader.id, other.id, 3}
+
+
+async def test_a_change_the_leader_cannot_take_yet_is_retried(tmp_path: Path) -> None:
+    async with cluster(tmp_path, request_timeout=0.1) as nodes:
+        leader = await leader_of(nodes)
+        followers = [i for i, n in enumerate(nodes) if n is not leader]
+        for i in followers:
+            await nodes[i].stop()
+        async with AsyncClerk([address(leader)], timeout=WAIT) as ck:
+            answers: list[str] = []
+            call = ck._call
+
+            async def watched(server: int, method: str, request: Any, timeout: float) -> Any:
+                reply = await call(server, method, request, timeout)
+                if method == "ChangeMembership":
+                    answers.append(f"{kv_pb2.ErrorCode.Name(reply.err)} {reply.error}")
+                return reply
+
+            ck._call = watched  # type: ignore[method-assign]
+            # Uncommitted (no majority): the first try times out, the next
+            # are refused (one change at a time) and must be retried too.
+            adding = asyncio.ensure_future(ck.member_add(3, "127.0.0.1:1"))
+            await until(lambda: any("is not committed yet" in a for a in answers),
+                        "a refused retry")
+            assert answers[0].startswith("TIMEOUT") and not adding.done()
+            assert 3 in leader.node.membership.learners  # in force, not committed
+            await restart(nodes, followers[0])
+            # The entry commits (with the next leader's first entry, maybe):
+            # a retry then sees "already a learner" and checks the list.
+            members = await adding
+            assert answers[-1] == "BAD_REQUEST node 3 is already a learner", answers
+        assert roles(members)[3] == "learner"
+        assert (await leader_of(nodes)).node.membership.learners == {3}
