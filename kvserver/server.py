@@ -181,9 +181,12 @@ class KvNode:
     async def start(self) -> None:
         """Listen, then start ticking. Raises OSError if the port is taken."""
         await self.provider.start()
+        # The peers and their addresses come from the membership in force
+        # (the log's, or the bootstrap one made of the config) and follow
+        # it from then on: the log wins over the config file.
         transport = RpcTransport(
             self.id,
-            {n.id: (n.host, n.port) for n in self.config.nodes},
+            self._peer_addresses(self.node.membership),
             deliver=self.node.step,
             unreachable=self.node.report_unreachable,
             max_frame_size=self.options.limits.max_frame_bytes,
@@ -192,9 +195,6 @@ class KvNode:
             self.id, self.state_machine, call=transport.stream_call,
             forward=transport.send_now, unreachable=self.node.report_unreachable)
         self.transport = transport
-        # The config file gave the first peers; from here on the membership
-        # in the log says who they are and where (it wins over the config).
-        transport.set_peers(self._peer_addresses(self.node.membership))
         self.node.add_membership_listener(self._membership_changed)
         self.node.set_transport(transport)
         await self.node.start()
