@@ -89,10 +89,11 @@ class KvNodeOptions:
     max_client_connections: int | None = None
     #: Close client connections silent this long (seconds); None: never.
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
-    #: Start with an empty membership (no bootstrap voters): a new node
+    #: The bootstrap membership; ``Membership()`` (empty) for a new node
     #: that waits for the leader to add it as a learner and send it the
-    #: log or a snapshot. The config then only gives this node's address.
-    join: bool = False
+    #: log or a snapshot. None: every node of the config is a voter, at
+    #: its config address.
+    membership: Membership | None = None
 
 
 class KvNode:
@@ -120,12 +121,12 @@ class KvNode:
             self.node = RaftNode(
                 NodeConfig(
                     id=node_id,
-                    peers=frozenset() if options.join else ids,
-                    # The bootstrap membership carries the config's
+                    peers=ids,
+                    # The config's bootstrap membership carries its
                     # addresses, so the first configuration entry (and
                     # ``member list``) has them all.
-                    membership=Membership() if options.join else Membership.of(
-                        ids, (), {n.id: str(n) for n in config.nodes}),
+                    membership=options.membership if options.membership is not None
+                    else Membership.of(ids, (), {n.id: str(n) for n in config.nodes}),
                     max_raft_state=options.max_raft_state,
                     snapshot_catchup_entries=options.snapshot_catchup_entries,
                 ),
