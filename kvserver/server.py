@@ -2,8 +2,11 @@
 
 ``KvNode`` wires the parts together; it is what the ``kvserver`` command runs
 and what in-process tests start. The node listens on its own config entry and
-dials the others at theirs (``raftRpc`` for peers and ``KvServer`` for
-clients share the port, as in the seed).
+dials the others (``raftRpc`` for peers and ``KvServer`` for clients share
+the port, as in the seed) at the addresses of the membership in force: the
+config's until the log holds a configuration entry, the log's from then on
+(a membership listener keeps the transport's peers in step). A node whose
+own removal is committed sets ``removed``; ``kvserver`` then stops.
 """
 
 from __future__ import annotations
