@@ -250,6 +250,13 @@ _REFUSALS: dict[int, type[RequestRefused]] = {
 }
 
 
+def _maybe_delivered(exc: RpcError) -> bool:
+    """Whether a call that failed with ``exc`` may have reached the server
+    (anything but a connection that could not be made)."""
+    return not (exc.status is Status.UNAVAILABLE
+                and ("cannot reach" in exc.message or "channel is closed" in exc.message))
+
+
 def _verdict(reply: Any) -> tuple[kv_pb2.ErrorCode.ValueType, int]:
     """(error code, leader hint) of a reply. A ``Membership`` reply is
     wanted from the leader (its match indexes): from another node it
@@ -467,7 +474,9 @@ class AsyncClerk:
         if self._discovered_at is None:
             self._discover()
         tried_in_round = 0
-        tries = 0
+        # Whether an earlier try may have taken effect unseen (see
+        # ``RequestRefused.retried``).
+        unsure = False
         last_problem = "no server answered"
         while True:
             remaining = deadline - loop.time()
@@ -477,7 +486,6 @@ class AsyncClerk:
                 request.ack_seq = next(iter(self._unacked), self._next_seq)
             server = self._leader
             rpc_timeout = min(self.rpc_timeout, remaining)
-            tries += 1
             try:
                 reply = await self._call(server, method, request, rpc_timeout)
             except LocalProtocolError as exc:  # could not even be sent
@@ -486,6 +494,7 @@ class AsyncClerk:
                 if exc.status in _DETERMINISTIC:
                     raise ServerError(f"{method} at server {server}: {exc}") from None
                 last_problem = f"server {server}: {exc}"
+                unsure = unsure or _maybe_delivered(exc)
                 self._leader = self._next_server(server)
             else:
                 err, hint = _verdict(reply)
@@ -494,7 +503,7 @@ class AsyncClerk:
                 refused = _REFUSALS.get(err)
                 if refused is not None:
                     error = refused(f"{method} refused: {reply.error}")
-                    error.retried = tries > 1
+                    error.retried = unsure
                     raise error
                 last_problem = f"server {server}: {kv_pb2.ErrorCode.Name(err)}"
                 if getattr(reply, "error", ""):
@@ -509,7 +518,8 @@ class AsyncClerk:
                     self._leader = self._next_server(server)
                 elif err == kv_pb2.SHUTTING_DOWN:
                     self._leader = self._next_server(server)
-                # TIMEOUT: the same server may still be leader; retry it.
+                else:  # TIMEOUT: the same server may still be leader; retry it.
+                    unsure = True
             tried_in_round += 1
             if tried_in_round >= len(self._rotation):
                 # A full round without success: likely an election, or

@@ -547,7 +547,13 @@ class KvService:
         except TimeoutError:
             return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
                          error=f"{change} not committed within {self.request_timeout:g} s")
-        except (NotLeader, ProposalDropped, LeadershipLost):
+        except LeadershipLost:
+            # Proposed, then deposed: the entry may still commit. TIMEOUT
+            # (may or may not have happened), not WRONG_LEADER (did not).
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=f"node {self._node.id} lost leadership before {change} "
+                               f"committed")
+        except (NotLeader, ProposalDropped):
             return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         except NodeStopped:
             return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)

@@ -127,6 +127,13 @@ async def test_change_checks_and_refusals(tmp_path: Path) -> None:
             reply = await stub.ChangeMembership(
                 kv_pb2.MemberChangeRequest(op=kv_pb2.REMOVE, id=leader.id), timeout=WAIT)
             assert reply.err == kv_pb2.WRONG_LEADER and reply.leader_hint == leader.id
+        # Through a clerk that asks the follower first: the WRONG_LEADER
+        # detour is not a try that may have done it, so no "done" guess.
+        async with AsyncClerk([address(follower), address(leader)], timeout=WAIT) as ck:
+            with pytest.raises(BadRequest, match="node 9 is not a member"):
+                await ck.member_remove(9)
+            with pytest.raises(BadRequest, match="node 1 is already a voter"):
+                await ck.member_promote(1)
 
 
 async def test_clerk_finds_the_cluster_through_removed_and_unknown_nodes(
