@@ -138,9 +138,11 @@ class ClerkTimeout(ClerkError, TimeoutError):
 
 class RequestRefused(ClerkError):
     """The cluster refused the operation as sent; the same request can never
-    succeed, so it is not retried. The message says why. ``retried``: the
-    request had been sent before without a definite answer (it may have
-    taken effect then)."""
+    succeed, so it is not retried. The message says why. ``retried``: an
+    earlier try of the same request got no definite answer (a TIMEOUT, a
+    call lost after it may have been sent), so it may have taken effect
+    then; a refusal like "already a learner" may be that earlier try's
+    doing."""
 
     retried: bool = False
 

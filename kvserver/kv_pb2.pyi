@@ -686,9 +686,10 @@ class MemberChangeReply(_message.Message):
     WRONG_LEADER: ask `leader_hint`. A leader asked to remove itself hands
       leadership over first and answers this, naming the new leader.
     TIMEOUT: not done *yet*, retry (the same change) until the client's
-      own deadline: the change was not committed in time (it may still
-      be), or the leader cannot take a change now: the previous change is
-      not committed yet, or it has not committed an entry of its own term
+      own deadline: the change was not committed in time or the leader
+      lost leadership after proposing it (it may still commit), or the
+      leader cannot take a change now: the previous change is not
+      committed yet, or it has not committed an entry of its own term
       (`error` says which). A retry of a change that did happen meanwhile
       gets BAD_REQUEST ("already a learner"): the clerk then checks the
       membership.
