@@ -170,9 +170,13 @@ class KvNode:
         self.transport: RpcTransport | None = None
         # Whether the membership in force holds this node, and the index of
         # the configuration entry that took it out (0: none), see
-        # ``_check_removed``.
+        # ``_check_removed``. A node restarted with its removal in its log
+        # is out as well: an earlier configuration it holds had it.
         self._member = node_id in self.node.membership.members
         self._removed_at = 0
+        *earlier, (latest_index, _) = self.node.configurations()
+        if not self._member and any(node_id in m.members for _, m in earlier):
+            self._removed_at = latest_index
         #: Set once this node's removal from the cluster is committed: the
         #: ``kvserver`` command then stops (exit 0).
         self.removed = asyncio.Event()
@@ -241,12 +245,15 @@ class KvNode:
     def _check_removed(self) -> None:
         """Set ``removed`` once the entry that took this node out is
         committed (a removed leader has stepped down by then: the core
-        does that as the entry commits, dissertation 4.2.2). Only a node
-        that was a member counts: a new node catching up passes through
-        configurations from before it was added."""
+        does that as the entry commits, dissertation 4.2.2) and applied
+        here: the state machine keeps its applied index on disk, so a
+        restart knows the entry is committed (the cluster no longer
+        talks to this node to say so). Only a node that was a member
+        counts: a new node catching up passes through configurations from
+        before it was added."""
         if not self._removed_at or self.removed.is_set():
             return
-        if self.node.status().commit >= self._removed_at:
+        if self.node.status().applied >= self._removed_at:
             log.info("node %d was removed from the cluster (membership index %d); stopping",
                      self.id, self._removed_at)
             self.removed.set()

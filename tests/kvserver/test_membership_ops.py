@@ -84,6 +84,9 @@ async def test_add_catch_up_by_snapshot_promote_remove(tmp_path: Path) -> None:
             assert follower.id not in roles(members)
             await until(follower.removed.is_set, "the removed follower to notice")
             assert follower.id not in leader.transport.peers
+            # Restarted, it finds its removal in its own log and stops again.
+            again = await restart(nodes, nodes.index(follower))
+            await until(again.removed.is_set, "the restarted removed node to notice")
 
             # The leader: it hands over first; the new leader removes it.
             old_leader = await leader_of(nodes)
