@@ -10,6 +10,15 @@ r"""``callerMain``: the command-line client of the KV store.
                                                  up-to-date follower) the leader;
                                                  prints the new leader's id
     callerMain -f test.conf bench [--clients N] [--ops N] [--value-size B] [--keys K] [--reads F]
+    callerMain -f test.conf member list          one line per member: id, address,
+                                                 voter/learner, match index (the leader's)
+    callerMain -f test.conf member add ID HOST:PORT
+                                                 add node ID as a learner (it gets the log
+                                                 but does not vote)
+    callerMain -f test.conf member promote ID    make learner ID a voter (refused until it
+                                                 has 90% of the leader's log)
+    callerMain -f test.conf member remove ID     remove node ID (the leader too: it hands
+                                                 over first); the node stops
 
 Keys and values are bytes. By default they are text: a command-line
 argument is taken as the bytes the shell passed (UTF-8 text in a UTF-8
@@ -23,10 +32,16 @@ one line and can be told apart from every other. With ``--hex`` (before or
 after the command), keys, values and the prefix on the command line are
 hex (``00ff``) and keys and values are printed as hex: exact for any bytes.
 
+The config file is where a client starts: it asks the nodes it lists
+for the current membership and uses that (clerk discovery), so a config
+that names removed nodes works while one listed member is reachable.
+
 Exit 0 on success, 1 when the operation failed (timeout, unreachable
-cluster, a transfer that did not finish, a wrong value in the loop), 2 on
-bad usage or config (an ID not in the config, an argument that is not hex
-with ``--hex``). Always one line on stderr, never a traceback.
+cluster, a transfer that did not finish, a wrong value in the loop, a
+membership change the cluster refused), 2 on bad usage or config (an ID
+not in the config, an argument that is not hex with ``--hex``, an ID or
+HOST:PORT that is not one). Always one line on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -39,9 +54,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from clerk.client import AsyncClerk, BadRequest, ClerkError, TooLarge, prefix_end
+from clerk.client import AsyncClerk, BadRequest, ClerkError, Member, TooLarge, prefix_end
 from kvserver import kv_pb2
 from kvserver.config import ClusterConfig, ConfigError, load_config
+from raft.membership import parse_address
 from rpc import RpcChannel, RpcError, Stub
 from rpc.cli import (
     EXIT_FAILED,
@@ -213,6 +229,54 @@ async def _transfer_leader(config: ClusterConfig, to: int, timeout: float) -> in
     fail(PROG, f"{config.path}: transfer-leader timed out after {timeout:g} s ({problem})")
 
 
+def _node_id(text: str) -> int:
+    """argparse type: a node id (an integer >= 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"node id {text!r} is not a number") from None
+    if value < 0 or value >= 1 << 31:
+        raise argparse.ArgumentTypeError(f"node id {value} is not 0..{(1 << 31) - 1}")
+    return value
+
+
+def _member_address(text: str) -> str:
+    """argparse type: a member's HOST:PORT, as given."""
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _print_members(members: list[Member]) -> None:
+    width = max([len("ADDRESS"), *(len(m.address) for m in members)])
+    print(f"{'ID':>4}  {'ADDRESS':<{width}}  {'ROLE':<7}  MATCH")
+    for m in members:
+        print(f"{m.id:>4}  {m.address:<{width}}  {m.role:<7}  {m.match_index}")
+
+
+async def _member(ck: AsyncClerk, args: argparse.Namespace) -> int:
+    """``member list|add|promote|remove``: a refusal is one line, exit 1."""
+    what = args.member_command
+    try:
+        if what == "list":
+            _print_members(await ck.member_list())
+        elif what == "add":
+            await ck.member_add(args.id, args.address)
+            print(f"node {args.id} ({args.address}) added as a learner")
+        elif what == "promote":
+            await ck.member_promote(args.id)
+            print(f"node {args.id} is a voter")
+        else:
+            await ck.member_remove(args.id)
+            print(f"node {args.id} removed")
+    except BadRequest as exc:
+        refused = f"member {what}" + ("" if what == "list" else f" {args.id}")
+        fail(PROG, f"{refused} refused: {str(exc).removeprefix('ChangeMembership refused: ')}")
+    return EXIT_OK
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
@@ -340,6 +404,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--value-size", type=int_at_most(MAX_VALUE_SIZE), default=100)
     p.add_argument("--keys", type=positive_int, default=1000)
     p.add_argument("--reads", type=float, default=0.0, help="fraction of gets (0..1)")
+    p = sub.add_parser("member", help="list or change the cluster's members (one at a time)")
+    member = p.add_subparsers(dest="member_command", parser_class=Parser, required=True,
+                              metavar="{list,add,promote,remove}")
+    member.add_parser("list", help="id, address, voter/learner and match index of each "
+                                   "member (the leader's view)")
+    p = member.add_parser("add", help="add node ID at HOST:PORT as a learner (start it "
+                                      "with kvserver --join)")
+    p.add_argument("id", type=_node_id, metavar="ID")
+    p.add_argument("address", type=_member_address, metavar="HOST:PORT")
+    p = member.add_parser("promote", help="make learner ID a voter (refused until it has "
+                                          "90%% of the leader's log)")
+    p.add_argument("id", type=_node_id, metavar="ID")
+    p = member.add_parser("remove", help="remove node ID (voter or learner); it stops")
+    p.add_argument("id", type=_node_id, metavar="ID")
     args = parser.parse_args(argv)
     if args.command == "bench" and not 0.0 <= args.reads <= 1.0:
         parser.error("--reads must be between 0 and 1")
@@ -377,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "bench":
                 return await _bench(ck, args.clients, args.ops, args.value_size, args.keys,
                                     args.reads)
+            elif args.command == "member":
+                return await _member(ck, args)
             return EXIT_OK
 
     try:

@@ -28,12 +28,29 @@ What a clerk does for the caller:
   not seen (``ack_seq``) so they can forget older replies;
 * gives up after ``timeout`` seconds for the whole operation with
   ``ClerkTimeout``; the write may or may not have happened then;
+* discovers the cluster: it asks any server it can reach for the
+  membership (``Membership``: once at its first operation, and again when
+  a whole round of its servers failed or a WRONG_LEADER hint names a node
+  it has no address for, at most every ``DISCOVERY_INTERVAL`` seconds)
+  and from then on tries the members it was told of. So a server list
+  (config file) that names removed nodes works while one listed member is
+  reachable, and a member added later is found;
 * never retries what cannot succeed: a request the cluster refuses as sent
   raises ``BadRequest`` (a field it cannot honour) or ``TooLarge`` (a key,
   value or request over a limit, named in the message; see
   ``kvserver.limits``), and a call the server failed to handle raises
   ``ServerError``. All three are ``RequestRefused``; a refused write was
   not applied, except after ``ServerError``, when it may have been.
+
+Membership (one server at a time, Raft dissertation chapter 4):
+``member_list() -> list[Member]`` (the leader's view, with match
+indexes), ``member_add(id, "host:port")`` (as a learner),
+``member_promote(id)`` (refused with ``BadRequest`` while the learner has
+under 90% of the leader's log), ``member_remove(id)``; each change returns
+the membership it made. A change the leader cannot take yet (the previous
+one is not committed) is retried until ``timeout``; a retried change that
+turns out to have happened already (its first reply was lost) counts as
+done.
 
 Many operations of one ``AsyncClerk`` may be in flight at once; all share one
 connection per server. An operation issued while none of the clerk's others
@@ -52,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -59,9 +77,11 @@ from typing import Any, TypeAlias, TypeVar, overload
 
 from kvserver import kv_pb2
 from kvserver.config import load_config
+from raft.membership import parse_address
 from rpc import LocalProtocolError, RpcChannel, RpcError, Status, parse_response
 
 __all__ = [
+    "DISCOVERY_INTERVAL",
     "MAX_BATCH",
     "AsyncClerk",
     "BadRequest",
@@ -69,6 +89,7 @@ __all__ = [
     "ClerkError",
     "ClerkTimeout",
     "Data",
+    "Member",
     "NoSpace",
     "RequestRefused",
     "ScanResult",
@@ -79,7 +100,8 @@ __all__ = [
 
 _SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KvServer"].full_name
 _REPLY_TYPES: dict[str, Any] = {"Get": kv_pb2.GetReply, "PutAppend": kv_pb2.PutAppendReply,
-                                "Scan": kv_pb2.ScanReply}
+                                "Scan": kv_pb2.ScanReply, "Membership": kv_pb2.MembershipReply,
+                                "ChangeMembership": kv_pb2.MemberChangeReply}
 #: The methods a ``Batch`` call can carry (a Scan always goes alone).
 _BATCHABLE = frozenset({"Get", "PutAppend"})
 
@@ -95,6 +117,10 @@ MAX_BATCH = 64
 
 #: Most bytes of requests per ``Batch`` call (a lone larger one goes alone).
 MAX_BATCH_BYTES = 1 << 20
+
+#: Least seconds between two membership discoveries of one clerk: bounds
+#: the extra calls while the cluster is down or electing.
+DISCOVERY_INTERVAL = 0.25
 
 #: An operation waiting for its batch: (method, request, future of its reply,
 #: request size in bytes).
@@ -112,7 +138,13 @@ class ClerkTimeout(ClerkError, TimeoutError):
 
 class RequestRefused(ClerkError):
     """The cluster refused the operation as sent; the same request can never
-    succeed, so it is not retried. The message says why."""
+    succeed, so it is not retried. The message says why. ``retried``: an
+    earlier try of the same request got no definite answer (a TIMEOUT, a
+    call lost after it may have been sent), so it may have taken effect
+    then; a refusal like "already a learner" may be that earlier try's
+    doing."""
+
+    retried: bool = False
 
 
 class BadRequest(RequestRefused, ValueError):
@@ -135,6 +167,34 @@ class ServerError(RequestRefused):
     """The server failed to handle the call (RPC ``HANDLER_ERROR``,
     ``BAD_REQUEST``, ``UNKNOWN_SERVICE`` or ``UNKNOWN_METHOD``): a bug or a
     server that is not a KV node. A write may or may not have been applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of the cluster, as ``member_list`` reports it."""
+
+    id: int
+    address: str  #: "host:port"
+    role: str  #: "voter" or "learner"
+    #: The leader's match index for it (how much of the log it holds).
+    match_index: int
+    #: The cluster has heard from it (kv.proto ``Member.seen``).
+    seen: bool
+
+    @classmethod
+    def from_pb(cls, pb: kv_pb2.Member) -> Member:
+        return cls(pb.id, pb.address, "learner" if pb.role == kv_pb2.LEARNER else "voter",
+                   pb.match_index, pb.seen)
+
+
+def _change_done(request: kv_pb2.MemberChangeRequest, members: list[Member]) -> bool:
+    """Whether ``members`` already shows what ``request`` asked for."""
+    member = next((m for m in members if m.id == request.id), None)
+    if request.op == kv_pb2.ADD_LEARNER:
+        return member is not None and member.address == request.address
+    if request.op == kv_pb2.PROMOTE:
+        return member is not None and member.role == "voter"
+    return member is None
 
 
 class ScanResult(list[tuple[bytes, bytes]]):
@@ -192,6 +252,24 @@ _REFUSALS: dict[int, type[RequestRefused]] = {
 }
 
 
+def _maybe_delivered(exc: RpcError) -> bool:
+    """Whether a call that failed with ``exc`` may have reached the server
+    (anything but a connection that could not be made)."""
+    return not (exc.status is Status.UNAVAILABLE
+                and ("cannot reach" in exc.message or "channel is closed" in exc.message))
+
+
+def _verdict(reply: Any) -> tuple[kv_pb2.ErrorCode.ValueType, int]:
+    """(error code, leader hint) of a reply. A ``Membership`` reply is
+    wanted from the leader (its match indexes): from another node it
+    counts as WRONG_LEADER with the leader it names."""
+    if isinstance(reply, kv_pb2.MembershipReply):
+        if reply.err == kv_pb2.OK and reply.leader != reply.id:
+            return kv_pb2.WRONG_LEADER, reply.leader
+        return reply.err, reply.leader
+    return reply.err, reply.leader_hint
+
+
 class AsyncClerk:
     def __init__(
         self,
@@ -203,20 +281,30 @@ class AsyncClerk:
     ) -> None:
         if not servers:
             raise ValueError("AsyncClerk needs at least one server address")
-        self.servers = [(h, int(p)) for h, p in servers]
+        self.servers: list[tuple[str, int]] = []
         self.timeout = timeout
         self.rpc_timeout = rpc_timeout
         self.client_id = client_id if client_id is not None else random.getrandbits(63) + 1
-        self._channels = [RpcChannel(h, p, backoff_initial=0.02, backoff_max=0.5)
-                          for h, p in self.servers]
+        # Per server (by position in ``servers``, which discovery extends):
+        # its channel; operations outstanding (sent, queued or connecting)
+        # and those queued for the next Batch call; False once it answered
+        # that it has no Batch method (an older version): from then on
+        # every operation goes alone to it.
+        self._channels: list[RpcChannel] = []
+        self._outstanding: list[int] = []
+        self._queued: list[list[_Queued]] = []
+        self._batches: list[bool] = []
         self._leader = 0
-        # Per server: operations outstanding (sent, queued or connecting),
-        # and those queued for the next Batch call.
-        self._outstanding = [0] * len(self.servers)
-        self._queued: list[list[_Queued]] = [[] for _ in self.servers]
-        # False once a server answered that it has no Batch method (an
-        # older version): from then on every operation goes alone to it.
-        self._batches = [True] * len(self.servers)
+        # Node id -> position in ``servers`` (the config's ids are its
+        # positions until discovery says otherwise), and the positions
+        # tried in turn: the members last discovered, then the servers we
+        # were given (the members' addresses in the log are the peers'
+        # view; behind NAT a client may reach them only at its own).
+        self._ids = {i: self._add_server(h, int(p)) for i, (h, p) in enumerate(servers)}
+        self._given = sorted(set(self._ids.values()))
+        self._rotation = list(self._given)
+        self._discovery: asyncio.Task[None] | None = None
+        self._discovered_at: float | None = None
         self._next_seq = 1
         # Seqs whose reply we have not seen; a dict keeps insertion order and
         # seqs are inserted increasing, so the first key is the lowest.
@@ -308,7 +396,50 @@ class AsyncClerk:
         start = _bytes(prefix, "prefix")
         return await self.scan(start, prefix_end(start), limit)
 
+    async def member_list(self) -> list[Member]:
+        """The members by id, as the leader sees them (match indexes are
+        the leader's)."""
+        reply = await self._until_done("Membership", kv_pb2.MembershipRequest())
+        self._adopt_members(reply.members)
+        return [Member.from_pb(m) for m in reply.members]
+
+    async def member_add(self, node: int, address: str) -> list[Member]:
+        """Add node ``node`` at ``address`` ("host:port") as a learner: it
+        receives the log (or a snapshot) but does not vote; promote it once
+        it has caught up. Raises ``BadRequest`` (a bad id or address, an id
+        or address in use) and the usual errors."""
+        return await self._change(kv_pb2.MemberChangeRequest(
+            op=kv_pb2.ADD_LEARNER, id=node, address=address))
+
+    async def member_promote(self, node: int) -> list[Member]:
+        """Make learner ``node`` a voter. Raises ``BadRequest`` while it has
+        under 90% of the leader's log (the message gives the numbers)."""
+        return await self._change(kv_pb2.MemberChangeRequest(op=kv_pb2.PROMOTE, id=node))
+
+    async def member_remove(self, node: int) -> list[Member]:
+        """Remove ``node`` (voter or learner; the leader too: it hands
+        leadership over first). The removed node stops once it learns its
+        removal is committed."""
+        return await self._change(kv_pb2.MemberChangeRequest(op=kv_pb2.REMOVE, id=node))
+
+    async def _change(self, request: kv_pb2.MemberChangeRequest) -> list[Member]:
+        try:
+            reply = await self._until_done("ChangeMembership", request)
+        except BadRequest as exc:
+            # "already a learner", "not a member": after a lost reply, the
+            # first try may have done it.
+            if exc.retried:
+                members = await self.member_list()
+                if _change_done(request, members):
+                    return members
+            raise
+        self._adopt_members(reply.members)
+        return [Member.from_pb(m) for m in reply.members]
+
     async def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+            await asyncio.gather(self._discovery, return_exceptions=True)
         await asyncio.gather(*(ch.close() for ch in self._channels), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncClerk:
@@ -342,7 +473,12 @@ class AsyncClerk:
     async def _until_done(self, method: str, request: Any, seq_request: bool = False) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        if self._discovered_at is None:
+            self._discover()
         tried_in_round = 0
+        # Whether an earlier try may have taken effect unseen (see
+        # ``RequestRefused.retried``).
+        unsure = False
         last_problem = "no server answered"
         while True:
             remaining = deadline - loop.time()
@@ -360,29 +496,104 @@ class AsyncClerk:
                 if exc.status in _DETERMINISTIC:
                     raise ServerError(f"{method} at server {server}: {exc}") from None
                 last_problem = f"server {server}: {exc}"
-                self._leader = (server + 1) % len(self.servers)
+                unsure = unsure or _maybe_delivered(exc)
+                self._leader = self._next_server(server)
             else:
-                if reply.err in (kv_pb2.OK, kv_pb2.NO_KEY):
+                err, hint = _verdict(reply)
+                if err in (kv_pb2.OK, kv_pb2.NO_KEY):
                     return reply
-                refused = _REFUSALS.get(reply.err)
+                refused = _REFUSALS.get(err)
                 if refused is not None:
-                    raise refused(f"{method} refused: {reply.error}")
-                last_problem = f"server {server}: {kv_pb2.ErrorCode.Name(reply.err)}"
-                if reply.err == kv_pb2.WRONG_LEADER:
-                    hint = reply.leader_hint
-                    if 0 <= hint < len(self.servers) and hint != server:
-                        self._leader = hint
+                    error = refused(f"{method} refused: {reply.error}")
+                    error.retried = unsure
+                    raise error
+                last_problem = f"server {server}: {kv_pb2.ErrorCode.Name(err)}"
+                if getattr(reply, "error", ""):
+                    last_problem += f" ({reply.error})"
+                if err == kv_pb2.WRONG_LEADER:
+                    hinted = self._ids.get(hint)
+                    if hinted is not None and hinted != server:
+                        self._leader = hinted
                         continue  # a fresh hint is worth following at once
-                    self._leader = (server + 1) % len(self.servers)
-                elif reply.err == kv_pb2.SHUTTING_DOWN:
-                    self._leader = (server + 1) % len(self.servers)
-                # TIMEOUT: the same server may still be leader; retry it.
+                    if hint >= 0 and hinted is None:
+                        self._discover()  # a leader we have no address for
+                    self._leader = self._next_server(server)
+                elif err == kv_pb2.SHUTTING_DOWN:
+                    self._leader = self._next_server(server)
+                else:  # TIMEOUT: the same server may still be leader; retry it.
+                    unsure = True
             tried_in_round += 1
-            if tried_in_round >= len(self.servers):
-                # A full round without success: likely an election. Pause
-                # briefly instead of spinning.
+            if tried_in_round >= len(self._rotation):
+                # A full round without success: likely an election, or
+                # servers that left. Ask again who is in the cluster, and
+                # pause briefly instead of spinning.
                 tried_in_round = 0
+                self._discover()
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+
+    # -- discovery -------------------------------------------------------------
+
+    def _add_server(self, host: str, port: int) -> int:
+        """The position of the server at (host, port), added if new."""
+        for position, (h, p) in enumerate(self.servers):
+            if (h, p) == (host, port):
+                return position
+        self.servers.append((host, port))
+        self._channels.append(RpcChannel(host, port, backoff_initial=0.02, backoff_max=0.5))
+        self._outstanding.append(0)
+        self._queued.append([])
+        self._batches.append(True)
+        return len(self._channels) - 1
+
+    def _next_server(self, server: int) -> int:
+        """The server to try after ``server``: the next in the rotation."""
+        rotation = self._rotation
+        if server in rotation:
+            return rotation[(rotation.index(server) + 1) % len(rotation)]
+        return rotation[0]
+
+    def _adopt_members(self, members: Iterable[kv_pb2.Member]) -> None:
+        """Try these members first from now on (servers for new addresses)."""
+        ids: dict[int, int] = {}
+        for member in members:
+            try:
+                host, port = parse_address(member.address)
+            except ValueError:
+                continue  # a member whose address is not known
+            ids[member.id] = self._add_server(host, port)
+        if ids:
+            self._ids = ids
+            found = sorted(set(ids.values()))
+            self._rotation = found + [p for p in self._given if p not in found]
+
+    def _discover(self) -> None:
+        """Ask for the membership in the background, unless a discovery is
+        under way or the last one started under ``DISCOVERY_INTERVAL`` ago."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if (self._discovery is not None and not self._discovery.done()) or (
+                self._discovered_at is not None
+                and now - self._discovered_at < DISCOVERY_INTERVAL):
+            return
+        self._discovered_at = now
+        self._discovery = loop.create_task(self._ask_membership())
+
+    async def _ask_membership(self) -> None:
+        """Ask every known server at once; adopt the leader's answer, else
+        the one with the highest commit index."""
+        async def ask(server: int) -> kv_pb2.MembershipReply | None:
+            try:
+                reply: kv_pb2.MembershipReply = await self._call(
+                    server, "Membership", kv_pb2.MembershipRequest(), self.rpc_timeout)
+            except RpcError:
+                return None
+            return reply if reply.err == kv_pb2.OK and reply.members else None
+
+        replies = [r for r in await asyncio.gather(*map(ask, range(len(self.servers))))
+                   if r is not None]
+        if replies:
+            best = max(replies, key=lambda r: (r.leader == r.id, r.commit_index))
+            self._adopt_members(best.members)
 
     async def _call(self, server: int, method: str, request: Any, timeout: float) -> Any:
         """One attempt of an operation at ``server``: its reply; raises
@@ -574,6 +785,22 @@ class Clerk:
     def scan_prefix(self, prefix: Data, limit: int | None = None) -> ScanResult:
         """As ``AsyncClerk.scan_prefix``."""
         return self._runner.run(self._async.scan_prefix(prefix, limit))
+
+    def member_list(self) -> list[Member]:
+        """As ``AsyncClerk.member_list``."""
+        return self._runner.run(self._async.member_list())
+
+    def member_add(self, node: int, address: str) -> list[Member]:
+        """As ``AsyncClerk.member_add``."""
+        return self._runner.run(self._async.member_add(node, address))
+
+    def member_promote(self, node: int) -> list[Member]:
+        """As ``AsyncClerk.member_promote``."""
+        return self._runner.run(self._async.member_promote(node))
+
+    def member_remove(self, node: int) -> list[Member]:
+        """As ``AsyncClerk.member_remove``."""
+        return self._runner.run(self._async.member_remove(node))
 
     def close(self) -> None:
         try:

@@ -682,11 +682,23 @@ class MemberChangeReply(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     err: Global___ErrorCode.ValueType
-    """OK once committed; WRONG_LEADER; TIMEOUT; BAD_REQUEST"""
-    leader_hint: _builtins.int
-    """(the change does not fit, or a promotion of a learner
-    that is not caught up: `error` says which)
+    """OK once committed (and applied on the answering leader).
+    WRONG_LEADER: ask `leader_hint`. A leader asked to remove itself hands
+      leadership over first and answers this, naming the new leader.
+    TIMEOUT: not done *yet*, retry (the same change) until the client's
+      own deadline: the change was not committed in time or the leader
+      lost leadership after proposing it (it may still commit), or the
+      leader cannot take a change now: the previous change is not
+      committed yet, or it has not committed an entry of its own term
+      (`error` says which). A retry of a change that did happen meanwhile
+      gets BAD_REQUEST ("already a learner"): the clerk then checks the
+      membership.
+    BAD_REQUEST: never as sent: a negative id, an address that is not
+      HOST:PORT (port 1-65535), a change that does not fit the membership,
+      or a promotion of a learner under 90% of the leader's log (etcd's
+      rule): `error` says which, with the numbers.
     """
+    leader_hint: _builtins.int
     error: _builtins.str
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:

@@ -85,9 +85,12 @@ async def _serve(node: KvNode) -> int:
         fail(PROG, f"{node.address}: cannot listen: {exc.strerror or exc}", EXIT_USAGE)
     waiter = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(node.node.wait_failed())
-    await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
+    # A node whose own removal is committed stops as on SIGTERM (exit 0).
+    removed = asyncio.ensure_future(node.removed.wait())
+    await asyncio.wait({waiter, failed, removed}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     failed.cancel()
+    removed.cancel()
     failure = node.node.failure
     if failure is None:
         # Graceful stop: a leader hands over first, so writes pause for a

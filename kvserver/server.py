@@ -2,8 +2,11 @@
 
 ``KvNode`` wires the parts together; it is what the ``kvserver`` command runs
 and what in-process tests start. The node listens on its own config entry and
-dials the others at theirs (``raftRpc`` for peers and ``KvServer`` for
-clients share the port, as in the seed).
+dials the others (``raftRpc`` for peers and ``KvServer`` for clients share
+the port, as in the seed) at the addresses of the membership in force: the
+config's until the log holds a configuration entry, the log's from then on
+(a membership listener keeps the transport's peers in step). A node whose
+own removal is committed sets ``removed``; ``kvserver`` then stops.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import DiskKvStateMachine
 from raft.core import NotLeader
 from raft.file_storage import FileStorage
+from raft.membership import Membership, parse_address
 from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.snapshot_stream import SnapshotReceiver, SnapshotSender
 from raft.storage import StorageError
@@ -88,6 +92,11 @@ class KvNodeOptions:
     max_client_connections: int | None = None
     #: Close client connections silent this long (seconds); None: never.
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    #: The bootstrap membership; ``Membership()`` (empty) for a new node
+    #: that waits for the leader to add it as a learner and send it the
+    #: log or a snapshot. None: every node of the config is a voter, at
+    #: its config address.
+    membership: Membership | None = None
 
 
 class KvNode:
@@ -111,10 +120,16 @@ class KvNode:
             self.storage.close()
             raise
         try:
+            ids = frozenset(n.id for n in config.nodes)
             self.node = RaftNode(
                 NodeConfig(
                     id=node_id,
-                    peers=frozenset(n.id for n in config.nodes),
+                    peers=ids,
+                    # The config's bootstrap membership carries its
+                    # addresses, so the first configuration entry (and
+                    # ``member list``) has them all.
+                    membership=options.membership if options.membership is not None
+                    else Membership.of(ids, (), {n.id: str(n) for n in config.nodes}),
                     max_raft_state=options.max_raft_state,
                     snapshot_catchup_entries=options.snapshot_catchup_entries,
                 ),
@@ -151,6 +166,20 @@ class KvNode:
             SnapshotReceiver(node_id, self.state_machine.snapshot_dir)))
         self._started = False
         self._stopped = False
+        #: The peer transport, once started.
+        self.transport: RpcTransport | None = None
+        # Whether the membership in force holds this node, and the index of
+        # the configuration entry that took it out (0: none), see
+        # ``_check_removed``. A node restarted with its removal in its log
+        # is out as well: an earlier configuration it holds had it.
+        self._member = node_id in self.node.membership.members
+        self._removed_at = 0
+        *earlier, (latest_index, _) = self.node.configurations()
+        if not self._member and any(node_id in m.members for _, m in earlier):
+            self._removed_at = latest_index
+        #: Set once this node's removal from the cluster is committed: the
+        #: ``kvserver`` command then stops (exit 0).
+        self.removed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._snapshots_seen = 0
         self._last_full_gc = 0.0
@@ -160,9 +189,12 @@ class KvNode:
     async def start(self) -> None:
         """Listen, then start ticking. Raises OSError if the port is taken."""
         await self.provider.start()
+        # The peers and their addresses come from the membership in force
+        # (the log's, or the bootstrap one made of the config) and follow
+        # it from then on: the log wins over the config file.
         transport = RpcTransport(
             self.id,
-            {n.id: (n.host, n.port) for n in self.config.nodes},
+            self._peer_addresses(self.node.membership),
             deliver=self.node.step,
             unreachable=self.node.report_unreachable,
             max_frame_size=self.options.limits.max_frame_bytes,
@@ -170,12 +202,61 @@ class KvNode:
         transport.snapshot_sender = SnapshotSender(
             self.id, self.state_machine, call=transport.stream_call,
             forward=transport.send_now, unreachable=self.node.report_unreachable)
+        self.transport = transport
+        self.node.add_membership_listener(self._membership_changed)
         self.node.set_transport(transport)
         await self.node.start()
         self._started = True
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_loop())
         log.info("node %d serving on %s (data dir %s)", self.id, self.address,
                  self.options.data_dir)
+
+    def _peer_addresses(self, membership: Membership) -> dict[int, tuple[str, int]]:
+        """Where to reach each member: its address in ``membership``, else
+        (a membership written without addresses) its config entry."""
+        config = {n.id: (n.host, n.port) for n in self.config.nodes}
+        peers: dict[int, tuple[str, int]] = {}
+        for member in membership.members:
+            text = membership.address(member)
+            if text:
+                try:
+                    peers[member] = parse_address(text)
+                    continue
+                except ValueError as exc:
+                    log.warning("node %d: member %d: %s", self.id, member, exc)
+            if member in config:
+                peers[member] = config[member]
+        return peers
+
+    def _membership_changed(self, membership: Membership) -> None:
+        """A new membership is in force here (``RaftNode`` listener)."""
+        if self.transport is not None:
+            self.transport.set_peers(self._peer_addresses(membership))
+        member = self.id in membership.members
+        if self._member and not member:
+            # Not yet final: the entry may be truncated away (then this
+            # runs again with a membership that holds this node).
+            self._removed_at = self.node.membership_index
+        elif member:
+            self._removed_at = 0
+        self._member = member
+        self._check_removed()
+
+    def _check_removed(self) -> None:
+        """Set ``removed`` once the entry that took this node out is
+        committed (a removed leader has stepped down by then: the core
+        does that as the entry commits, dissertation 4.2.2) and applied
+        here: the state machine keeps its applied index on disk, so a
+        restart knows the entry is committed (the cluster no longer
+        talks to this node to say so). Only a node that was a member
+        counts: a new node catching up passes through configurations from
+        before it was added."""
+        if not self._removed_at or self.removed.is_set():
+            return
+        if self.node.status().applied >= self._removed_at:
+            log.info("node %d was removed from the cluster (membership index %d); stopping",
+                     self.id, self._removed_at)
+            self.removed.set()
 
     async def _watch_loop(self) -> None:
         """Warn when the event loop was held longer than LOOP_STALL_WARNING:
@@ -191,6 +272,9 @@ class KvNode:
                 self.max_loop_stall = stall
             if stall > LOOP_STALL_WARNING:
                 log.warning("node %d: event loop held for %.0f ms", self.id, stall * 1e3)
+            # The commit that finalizes a removal comes with no membership
+            # change to report it: looked at here.
+            self._check_removed()
             snapshots = self.node.metrics.snapshots_taken + self.node.metrics.snapshots_installed
             if snapshots != self._snapshots_seen or now - self._last_full_gc > FULL_GC_INTERVAL:
                 # Right after a compaction the log is at its smallest: the

@@ -34,12 +34,12 @@ from kvserver import kv_pb2
 from kvserver.limits import SCAN_PAIR_OVERHEAD, Limits
 from kvserver.state_machine import Applied, KvStateMachine, encode_command
 from raft.core import ConfChangeError, ConfChangeRefused, NotLeader, ProposalDropped
-from raft.membership import ConfChange, ConfChangeOp
+from raft.membership import ConfChange, ConfChangeOp, parse_address
 from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
 from rpc import Promise, loop_deadlines, returns_future
 
-__all__ = ["KV_SERVICE", "KvService"]
+__all__ = ["KV_SERVICE", "LEARNER_READY", "KvService"]
 
 log = logging.getLogger("kvserver.service")
 
@@ -51,6 +51,11 @@ R = TypeVar("R", kv_pb2.GetReply, kv_pb2.ScanReply, kv_pb2.PutAppendReply,
 Answer: TypeAlias = R | Promise[R]
 
 _OPS = frozenset(kv_pb2.Op.values())
+_CHANGE_OPS = {kv_pb2.ADD_LEARNER: ConfChangeOp.ADD_LEARNER,
+               kv_pb2.PROMOTE: ConfChangeOp.PROMOTE, kv_pb2.REMOVE: ConfChangeOp.REMOVE}
+#: A learner is promoted only once its match index is at least this share
+#: of the leader's (etcd's readyPercentThreshold).
+LEARNER_READY = 0.9
 
 
 def _merge(refusals: Sequence[R | None], replies: list[R]) -> list[R]:
@@ -485,31 +490,114 @@ class KvService:
         self, request: kv_pb2.MemberChangeRequest
     ) -> kv_pb2.MemberChangeReply:
         """One membership change (``RaftNode.change_membership``); OK once
-        committed and applied here, with the membership it made."""
+        committed and applied here, with the membership it made. Checked
+        first, before anything is proposed: the id, the address of a new
+        learner, that the change fits the membership, and that a learner
+        to promote has caught up (``_promotion_refusal``). The removal of
+        this leader itself is done by the next one: it hands leadership
+        over and answers WRONG_LEADER naming the new leader."""
         reply = kv_pb2.MemberChangeReply
         if self.shutting_down:
             return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
-        ops = {kv_pb2.ADD_LEARNER: ConfChangeOp.ADD_LEARNER, kv_pb2.PROMOTE: ConfChangeOp.PROMOTE,
-               kv_pb2.REMOVE: ConfChangeOp.REMOVE}
-        op = ops.get(request.op)
+        if not self._node.is_leader:
+            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        op = _CHANGE_OPS.get(request.op)
+        problem: str | None = None
         if op is None:
+            problem = f"unknown membership change op {request.op}"
+        elif request.id < 0:
+            problem = f"node id {request.id} is negative"
+        elif op is ConfChangeOp.ADD_LEARNER:
+            try:
+                parse_address(request.address)
+            except ValueError as exc:
+                problem = str(exc)
+        pending = self._node.membership_index
+        if problem is None and pending > self._node.status().commit:
+            # Checked before the change is: against an uncommitted
+            # membership a retry of that very change would look done
+            # ("already a learner") while it may still be lost.
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=f"the previous membership change (log index {pending}) is "
+                               f"not committed yet")
+        if problem is None and op is not None:
+            change = ConfChange(op, request.id,
+                                request.address if op is ConfChangeOp.ADD_LEARNER else "")
+            try:
+                self._node.membership.applied(change)
+            except ConfChangeError as exc:
+                problem = str(exc)
+            else:
+                if op is ConfChangeOp.PROMOTE:
+                    problem = self._promotion_refusal(request.id)
+        if problem is not None or op is None:
             return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
-                         error=f"unknown membership change op {request.op}")
-        change = ConfChange(op, request.id, request.address)
+                         error=problem or "")
+        if op is ConfChangeOp.REMOVE and request.id == self._node.id:
+            return await self._hand_over_before_removal()
         try:
             await asyncio.wait_for(self._node.change_membership(change), self.request_timeout)
-        except NotLeader:
-            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         except ConfChangeError as exc:
             return reply(err=kv_pb2.BAD_REQUEST, leader_hint=self._leader_hint(),
                          error=str(exc))
-        except (ConfChangeRefused, ProposalDropped, LeadershipLost, TimeoutError) as exc:
+        except ConfChangeRefused as exc:
+            # Not yet (the previous change or this leader's first entry is
+            # not committed): TIMEOUT, which a client retries (kv.proto).
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(), error=str(exc))
+        except TimeoutError:
             return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
-                         error=str(exc) or "not committed in time")
+                         error=f"{change} not committed within {self.request_timeout:g} s")
+        except LeadershipLost:
+            # Proposed, then deposed: the entry may still commit. TIMEOUT
+            # (may or may not have happened), not WRONG_LEADER (did not).
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=f"node {self._node.id} lost leadership before {change} "
+                               f"committed")
+        except (NotLeader, ProposalDropped):
+            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
         except NodeStopped:
             return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
         log.info("node %d: membership change done: %s", self._node.id, change)
         return reply(err=kv_pb2.OK, leader_hint=self._leader_hint(), members=self._members())
+
+    def _promotion_refusal(self, learner: int) -> str | None:
+        """Why ``learner`` may not be promoted yet, or None. etcd's rule
+        (``isLearnerReady``, server/etcdserver/server.go): its match index
+        must be at least ``LEARNER_READY`` of the leader's own. A learner
+        far behind would make a voter that holds up commits (it counts
+        toward the majority as soon as the entry is in the log) and, in a
+        small cluster, could cost the quorum until it catches up."""
+        progress = self._node.member_progress()
+        me = progress.get(self._node.id)
+        leader_match = me.match if me is not None else self._node.status().last_index
+        peer = progress.get(learner)
+        match = peer.match if peer is not None else 0
+        if match >= leader_match * LEARNER_READY:
+            return None
+        return (f"learner {learner} has {match} of {leader_match} entries; promote it "
+                f"once it has {LEARNER_READY:.0%}")
+
+    async def _hand_over_before_removal(self) -> kv_pb2.MemberChangeReply:
+        """The leader is asked to remove itself: hand leadership to the most
+        up-to-date voter first and send the client there (dissertation
+        4.2.2 lets a leader manage its own removal and step down after;
+        handing over first spares the cluster the wait for an election and
+        keeps a leader that is leaving from running the change)."""
+        reply = kv_pb2.MemberChangeReply
+        me = self._node.id
+        try:
+            new = await self._node.transfer_leadership()
+        except NotLeader:
+            return reply(err=kv_pb2.WRONG_LEADER, leader_hint=self._leader_hint())
+        except (TimeoutError, ValueError) as exc:
+            return reply(err=kv_pb2.TIMEOUT, leader_hint=self._leader_hint(),
+                         error=f"node {me} leads and could not hand over before its "
+                               f"removal: {exc}")
+        except NodeStopped:
+            return reply(err=kv_pb2.SHUTTING_DOWN, leader_hint=-1)
+        log.info("node %d: handed leadership to node %d before its own removal", me, new)
+        return reply(err=kv_pb2.WRONG_LEADER, leader_hint=new,
+                     error=f"node {me} handed leadership to node {new}, which removes it")
 
     async def Status(self, request: kv_pb2.StatusRequest) -> kv_pb2.StatusReply:
         st = self._node.status()

@@ -405,6 +405,12 @@ class RaftCore:
         that holds it; 0 for the bootstrap membership)."""
         return self._confs[-1][0]
 
+    def configurations(self) -> list[tuple[int, Membership]]:
+        """The configurations this node holds, oldest first, as (index,
+        membership): the one in force at its snapshot (or the bootstrap
+        one), then each configuration entry of its log."""
+        return [(index, membership) for index, _term, membership in self._confs]
+
     def membership_at(self, index: int) -> Membership:
         """The membership as of log index ``index``: what a snapshot taken at
         ``index`` records."""

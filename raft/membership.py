@@ -27,13 +27,33 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["ConfChange", "ConfChangeError", "ConfChangeOp", "Membership"]
+__all__ = ["ConfChange", "ConfChangeError", "ConfChangeOp", "Membership", "parse_address"]
 
 
 class ConfChangeError(ValueError):
     """A configuration change that cannot apply to the membership it was
     proposed against (adding a member twice, promoting a voter, removing
     the last voter, ...). The message says which rule it broke."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """A member address "host:port" (an IPv6 host in brackets,
+    "[::1]:8000") as (host, port). Raises ``ValueError`` naming what is
+    wrong: no port, a port that is not 1-65535, an empty host or one with
+    whitespace."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not port_text.isascii():
+        raise ValueError(f"address {text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"address {text!r}: port {port} is not 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"address {text!r}: an IPv6 host goes in brackets, [::1]:{port}")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"address {text!r}: bad host {host!r}")
+    return host, port
 
 
 class ConfChangeOp(enum.Enum):

@@ -255,6 +255,10 @@ class RaftNode:
     def membership_index(self) -> int:
         return self._core.membership_index
 
+    def configurations(self) -> list[tuple[int, Membership]]:
+        """``RaftCore.configurations``: (index, membership), oldest first."""
+        return self._core.configurations()
+
     def member_progress(self) -> dict[int, PeerStatus]:
         """On the leader, what it knows of each member (match index, state,
         learner or not); empty elsewhere."""

@@ -139,24 +139,103 @@ class RpcTransport:
         unreachable: Callable[[int], None] | None = None,
         timeout: float = 2.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        retire_grace: float = 10.0,
     ) -> None:
+        """``peers``: {id: (host, port)} to start with (this node's own id
+        is skipped); ``set_peers`` replaces it later. ``retire_grace``:
+        seconds a removed peer's channel stays open (see ``set_peers``)."""
         self._id = node_id
-        self._channels = {
-            peer: RpcChannel(host, port, backoff_initial=0.02, backoff_max=0.5,
-                             max_frame_size=max_frame_size)
-            for peer, (host, port) in peers.items()
-            if peer != node_id
-        }
+        self._max_frame_size = max_frame_size
+        self._channels: dict[int, RpcChannel] = {}
+        self._addresses: dict[int, tuple[str, int]] = {}
+        #: Channels of peers no longer in the membership, kept for
+        #: ``retire_grace`` seconds: (channel, address, timer).
+        self._retired: dict[int, tuple[RpcChannel, tuple[str, int], asyncio.TimerHandle]] = {}
+        self.retire_grace = retire_grace
         self._deliver = deliver
         self._unreachable = unreachable
         self._timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Closes of channels that were replaced or retired.
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._down: set[int] = set()
         self._last_packed: tuple[Entry | None, Entry | None, int, bytes] = (None, None, 0, b"")
         #: Streams state machine files ahead of SNAPSHOT messages (None:
         #: snapshots are bytes, carried by the core's own chunks).
         self.snapshot_sender: SnapshotSender | None = None
+        self._new_channels(peers)
+
+    @property
+    def peers(self) -> dict[int, tuple[str, int]]:
+        """The current peers: {id: (host, port)}, retired ones not included."""
+        return dict(self._addresses)
+
+    def set_peers(self, peers: Mapping[int, tuple[str, int]]) -> None:
+        """Make ``peers`` ({id: (host, port)}; this node's own id is
+        skipped) the nodes messages go to. A new peer gets a channel (it
+        connects on its first message); a peer whose address changed gets
+        a new one (the old is closed). A peer that left keeps its channel
+        for ``retire_grace`` seconds: the core still sends a removed
+        member the commit of its removal (``RaftCore._forget_removed``),
+        which is how it learns to stop campaigning."""
+        if self._closed:
+            return
+        wanted = {p: a for p, a in peers.items() if p != self._id}
+        for peer in [p for p in self._addresses if p not in wanted]:
+            address = self._addresses.pop(peer)
+            channel = self._channels.pop(peer)
+            self._down.discard(peer)
+            timer = asyncio.get_running_loop().call_later(
+                self.retire_grace, self._close_retired, peer, channel)
+            self._retired[peer] = (channel, address, timer)
+            log.info("node %d: peer %d (%s:%d) left the membership", self._id, peer, *address)
+        changed = {p: a for p, a in wanted.items() if self._addresses.get(p) != a}
+        for peer, address in list(changed.items()):
+            old = self._channels.pop(peer, None)
+            if old is not None:
+                log.info("node %d: peer %d moved from %s:%d to %s:%d", self._id, peer,
+                         *self._addresses[peer], *address)
+                self._close_channel(old)
+            retired = self._retired.pop(peer, None)
+            if retired is not None:
+                channel, was, timer = retired
+                timer.cancel()
+                if was == address:  # back before its channel was closed
+                    self._channels[peer], self._addresses[peer] = channel, address
+                    del changed[peer]
+                else:
+                    self._close_channel(channel)
+        self._new_channels(changed)
+
+    def _new_channels(self, peers: Mapping[int, tuple[str, int]]) -> None:
+        for peer, (host, port) in peers.items():
+            if peer == self._id:
+                continue
+            self._channels[peer] = RpcChannel(host, port, backoff_initial=0.02,
+                                              backoff_max=0.5,
+                                              max_frame_size=self._max_frame_size)
+            self._addresses[peer] = (host, port)
+            log.debug("node %d: peer %d at %s:%d", self._id, peer, host, port)
+
+    def _close_retired(self, peer: int, channel: RpcChannel) -> None:
+        retired = self._retired.get(peer)
+        if retired is not None and retired[0] is channel:
+            del self._retired[peer]
+            self._close_channel(channel)
+
+    def _close_channel(self, channel: RpcChannel) -> None:
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _channel(self, peer: int) -> RpcChannel | None:
+        channel = self._channels.get(peer)
+        if channel is None and peer in self._retired:
+            return self._retired[peer][0]
+        return channel
 
     def send(self, msg: Message) -> None:
         if self._closed:
@@ -170,7 +249,7 @@ class RpcTransport:
         self, peer: int, chunk: raft_pb2.SnapshotChunk
     ) -> raft_pb2.SnapshotChunkReply:
         """One StreamSnapshot call to ``peer`` (raises ``RpcError``)."""
-        channel = self._channels.get(peer)
+        channel = self._channel(peer)
         if channel is None:
             raise RpcError(Status.UNAVAILABLE, f"unknown peer {peer}")
         return await channel.call(_SERVICE_NAME, "StreamSnapshot", chunk,
@@ -180,7 +259,7 @@ class RpcTransport:
         """Send ``msg`` on its RPC call (no snapshot streaming first)."""
         if self._closed:
             return
-        channel = self._channels.get(msg.dst)
+        channel = self._channel(msg.dst)
         if channel is None:
             log.warning("node %d: message for unknown peer %d dropped", self._id, msg.dst)
             return
@@ -291,5 +370,11 @@ class RpcTransport:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(ch.close() for ch in self._channels.values()),
+        for _, _, timer in self._retired.values():
+            timer.cancel()
+        retired = [channel for channel, _, _ in self._retired.values()]
+        self._retired.clear()
+        # The closes of replaced channels already under way are let finish.
+        await asyncio.gather(*self._closing, *(ch.close() for ch in [*self._channels.values(),
+                                                                      *retired]),
                              return_exceptions=True)

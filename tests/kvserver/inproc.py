@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from kvserver.launcher import free_ports
 from kvserver.limits import Limits
 from kvserver.server import KvNode, KvNodeOptions
 from kvserver.service import KV_SERVICE
+from raft.membership import Membership
 from rpc import RpcChannel, Stub
 
 #: Seconds any one wait of these tests may take.
@@ -39,6 +41,24 @@ async def cluster(tmp_path: Path, request_timeout: float = 2.0,
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def start_empty_node(nodes: list[KvNode], tmp_path: Path, port: int | None = None,
+                           **options: Any) -> KvNode:
+    """Start a new node with an empty data dir (``tmp_path/n<id>``) and an
+    empty bootstrap membership (``KvNodeOptions.membership``): it waits
+    for the leader to add it. Its id is one above the config's, its port
+    ``port`` (default: a free one); appended to ``nodes`` (so ``cluster``
+    stops it). ``options`` override the first node's options."""
+    old = nodes[0].config
+    new_id = len(old)
+    port = port if port is not None else free_ports(1)[0]
+    config = parse_config(format_config([*old.addresses, ("127.0.0.1", port)]))
+    node = KvNode(config, new_id, replace(nodes[0].options, data_dir=tmp_path / f"n{new_id}",
+                                          membership=Membership(), **options))
+    nodes.append(node)
+    await node.start()
+    return node
 
 
 async def restart(nodes: list[KvNode], i: int) -> KvNode:
