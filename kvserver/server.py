@@ -15,14 +15,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvserver.config import ClusterConfig
+from kvserver.config import ClusterConfig, NodeAddress
 from kvserver.limits import Limits
 from kvserver.lmdb_store import LmdbKvStore
 from kvserver.resources import peer_reserve
+from kvserver.seen import SeenMarker
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import DiskKvStateMachine
 from raft.core import NotLeader
 from raft.file_storage import FileStorage
+from raft.membership import Membership
 from raft.node import NodeConfig, NodeStopped, RaftNode
 from raft.snapshot_stream import SnapshotReceiver, SnapshotSender
 from raft.storage import StorageError
@@ -88,13 +90,20 @@ class KvNodeOptions:
     max_client_connections: int | None = None
     #: Close client connections silent this long (seconds); None: never.
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    #: The bootstrap membership (the data dir's IDENTITY; empty for a node
+    #: that joined). None: every node of the config is a voter.
+    membership: Membership | None = None
+    #: The data dir's cluster ID (kvserver/identity.py), for Membership.
+    cluster_id: str = ""
+    #: Where to listen (kvserver --addr). None: this node's config entry.
+    address: NodeAddress | None = None
 
 
 class KvNode:
     def __init__(self, config: ClusterConfig, node_id: int, options: KvNodeOptions) -> None:
         self.config = config
         self.id = node_id
-        self.address = config.node(node_id)
+        self.address = options.address or config.node(node_id)
         self.options = options
         data_dir = str(options.data_dir)
         self.storage = FileStorage(data_dir)
@@ -117,6 +126,7 @@ class KvNode:
                     peers=frozenset(n.id for n in config.nodes),
                     max_raft_state=options.max_raft_state,
                     snapshot_catchup_entries=options.snapshot_catchup_entries,
+                    membership=options.membership,
                 ),
                 self.storage,
                 self.state_machine,
@@ -132,6 +142,7 @@ class KvNode:
             request_timeout=options.request_timeout,
             limits=options.limits,
             max_db_bytes=options.max_db_bytes,
+            cluster_id=options.cluster_id,
         )
         capped = options.max_client_connections is not None
         self.provider = RpcProvider(
@@ -152,6 +163,7 @@ class KvNode:
         self._started = False
         self._stopped = False
         self._watchdog: asyncio.Task[None] | None = None
+        self._seen_marker: asyncio.Task[None] | None = None
         self._snapshots_seen = 0
         self._last_full_gc = 0.0
         #: The longest event loop stall seen (seconds), for Status and tests.
@@ -160,9 +172,16 @@ class KvNode:
     async def start(self) -> None:
         """Listen, then start ticking. Raises OSError if the port is taken."""
         await self.provider.start()
+        peers = {n.id: (n.host, n.port) for n in self.config.nodes}
+        # The membership held wins over the config: a node that joined, or
+        # whose cluster changed since its config was written.
+        for n, addr in self.node.membership.addresses:
+            host, _, port = addr.rpartition(":")
+            if host and port.isdigit():
+                peers[n] = (host, int(port))
         transport = RpcTransport(
             self.id,
-            {n.id: (n.host, n.port) for n in self.config.nodes},
+            peers,
             deliver=self.node.step,
             unreachable=self.node.report_unreachable,
             max_frame_size=self.options.limits.max_frame_bytes,
@@ -174,6 +193,8 @@ class KvNode:
         await self.node.start()
         self._started = True
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_loop())
+        self._seen_marker = asyncio.get_running_loop().create_task(
+            SeenMarker(self.node, self.state_machine).run())
         log.info("node %d serving on %s (data dir %s)", self.id, self.address,
                  self.options.data_dir)
 
@@ -226,8 +247,9 @@ class KvNode:
         if self._stopped:
             return
         self._stopped = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._seen_marker):
+            if task is not None:
+                task.cancel()
         self.service.shutting_down = True
         await self.provider.close()
         if self._started:

@@ -462,18 +462,24 @@ class KvService:
     def _members(self) -> list[kv_pb2.Member]:
         membership = self._node.membership
         progress = self._node.member_progress()
+        seen = self._sm.seen_members
         return [
             kv_pb2.Member(
                 id=n, address=membership.address(n),
                 role=kv_pb2.LEARNER if n in membership.learners else kv_pb2.VOTER,
                 match_index=progress[n].match if n in progress else 0,
+                seen=n in seen,
             )
             for n in sorted(membership.members)
         ]
 
     async def Membership(self, request: kv_pb2.MembershipRequest) -> kv_pb2.MembershipReply:
         """The membership in this node's log (dissertation 4.1: the latest,
-        committed or not), with the leader's match indexes when it leads."""
+        committed or not), with the leader's match indexes when it leads,
+        which members the cluster has heard from (``seen``: the replicated
+        marks of kvserver/seen.py, so any member knows them) and the data
+        dir's cluster ID. An empty data dir asks this before it starts
+        (kvserver/discovery.py)."""
         if self.shutting_down:
             return kv_pb2.MembershipReply(err=kv_pb2.SHUTTING_DOWN, leader=-1)
         st = self._node.status()
