@@ -132,12 +132,14 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def _address(node_id: int, addr: tuple[str, int] | None, identity: Identity | None,
              config: ClusterConfig, join: bool) -> NodeAddress:
-    """Where this node listens: --addr, else the address its data dir was
-    started with, else its config entry (raises ConfigError)."""
-    if addr is None and identity is not None:
-        addr = _host_port(identity.address)
+    """Where this node listens: --addr, else its config entry, else (a node
+    that joined, absent from the config) the address its data dir was
+    started with. Raises ConfigError."""
     if addr is not None:
         return NodeAddress(node_id, addr[0], addr[1])
+    if node_id not in {n.id for n in config.nodes} and identity is not None:
+        host, port = _host_port(identity.address)
+        return NodeAddress(node_id, host, port)
     if join and node_id not in {n.id for n in config.nodes}:
         raise ConfigError(f"--join: node {node_id} is not in {config.path}: "
                           f"give its address with --addr HOST:PORT")
