@@ -173,10 +173,23 @@ def _refuse_wiped(node_id: int, cluster_id: str, config_path: str) -> IdentityEr
         f"kvserver --id NEW_ID --addr HOST:PORT --join -f {config_path}")
 
 
-def _existing(replies: Sequence[kv_pb2.MembershipReply]) -> list[kv_pb2.MembershipReply]:
-    """Replies of members of a running cluster, the most advanced first."""
-    running = [r for r in replies if r.err == kv_pb2.OK and not r.bootstrapping]
-    return sorted(running, key=lambda r: -r.commit_index)
+def _member(reply: kv_pb2.MembershipReply, node_id: int) -> kv_pb2.Member | None:
+    return next((m for m in reply.members if m.id == node_id), None)
+
+
+def _standing(node_id: int, config_path: str, replies: Sequence[kv_pb2.MembershipReply]
+              ) -> tuple[kv_pb2.MembershipReply, kv_pb2.Member | None] | None:
+    """What a running cluster says of ``node_id``: the reply of its most
+    advanced member that answered and ``node_id``'s entry there; None when
+    no member of a running cluster answered. Raises the wiped-member
+    refusal when any of them has seen ``node_id``."""
+    running = sorted((r for r in replies if r.err == kv_pb2.OK and not r.bootstrapping),
+                     key=lambda r: -r.commit_index)
+    for reply in running:
+        member = _member(reply, node_id)
+        if member is not None and member.seen:
+            raise _refuse_wiped(node_id, reply.cluster_id, config_path)
+    return (running[0], _member(running[0], node_id)) if running else None
 
 
 def decide_bootstrap(node_id: int, config: ClusterConfig,
@@ -201,14 +214,9 @@ def decide_bootstrap(node_id: int, config: ClusterConfig,
     others = [n for n in config.nodes if n.id != node_id]
     if not others:
         return identity
-    for reply in _existing(replies):
-        member = next((m for m in reply.members if m.id == node_id), None)
-        if member is not None and member.seen:
-            raise _refuse_wiped(node_id, reply.cluster_id, config.path)
-    running = _existing(replies)
-    if running:
-        best = running[0]
-        member = next((m for m in best.members if m.id == node_id), None)
+    standing = _standing(node_id, config.path, replies)
+    if standing is not None:
+        best, member = standing
         if member is None:
             raise IdentityError(
                 f"node {node_id} is not a member of cluster {best.cluster_id} (members: "
@@ -238,15 +246,10 @@ def decide_join(node_id: int, address: str, config_path: str,
     ``IdentityError``. Allowed only for a member added first (as a learner,
     ``member add``) at this address and never seen since: its log and vote
     are empty because it never had any."""
-    running = _existing(replies)
-    if not running:
+    standing = _standing(node_id, config_path, replies)
+    if standing is None:
         return None
-    for reply in running:
-        member = next((m for m in reply.members if m.id == node_id), None)
-        if member is not None and member.seen:
-            raise _refuse_wiped(node_id, reply.cluster_id, config_path)
-    best = running[0]
-    member = next((m for m in best.members if m.id == node_id), None)
+    best, member = standing
     if member is None:
         raise IdentityError(
             f"node {node_id} is not a member of cluster {best.cluster_id} (members: "
