@@ -9,10 +9,15 @@ config whose members disagree with the membership the data dir holds
 (ARCHITECTURE.md, "Membership and identity").
 
 The cluster ID of a bootstrapped cluster is derived from its bootstrap
-membership (the first 16 hex digits of the SHA-256 of its canonical
-encoding), so every bootstrap node agrees on it without talking: etcd
-derives its cluster ID from the member IDs the same way. A joiner takes
-the cluster ID from the members it contacts.
+members' IDs (the first 16 hex digits of the SHA-256 of the canonical
+encoding of the membership without addresses), so every bootstrap node
+agrees on it without talking: etcd derives its cluster ID from the member
+IDs the same way. Addresses are left out because nodes behind NAT or
+proxies each hold their own view of their peers' addresses (README,
+"Several machines, one config"); the config checks compare the addresses
+against the bootstrap membership IDENTITY keeps instead, so a config of
+another cluster with the same IDs is still refused. A joiner takes the
+cluster ID from the members it contacts.
 
 The rules that decide what an empty data dir may do (``decide_bootstrap``,
 ``decide_join``) are pure functions of the members' ``Membership`` replies;
@@ -88,8 +93,10 @@ class Identity:
 
 
 def cluster_id_of(bootstrap: Membership) -> str:
-    """The cluster ID of a cluster bootstrapped with ``bootstrap``."""
-    return hashlib.sha256(bootstrap.encode()).hexdigest()[:16]
+    """The cluster ID of a cluster bootstrapped with ``bootstrap`` (its
+    voters and learners; addresses differ between nodes' views)."""
+    ids_only = Membership.of(bootstrap.voters, bootstrap.learners)
+    return hashlib.sha256(ids_only.encode()).hexdigest()[:16]
 
 
 def config_membership(config: ClusterConfig) -> Membership:
@@ -143,7 +150,8 @@ def check_config(identity: Identity, node_id: int, config: ClusterConfig,
     """Refuse (``IdentityError``) a data dir of another node, or a config
     that is neither this cluster's bootstrap list nor the membership the
     data dir holds (``held``: the latest in its log or snapshot). Roles are
-    not compared (a config file cannot say learner): ids and addresses are.
+    not compared with the held membership (a config file cannot say
+    learner): ids and addresses are.
     A node that joined was given a list of members to contact, not its
     cluster's bootstrap list: any config sharing a member (id and address)
     with the held membership is accepted for it."""
@@ -152,7 +160,7 @@ def check_config(identity: Identity, node_id: int, config: ClusterConfig,
             f"data dir {data_dir} belongs to node {identity.node_id} of cluster "
             f"{identity.cluster_id}, not to node {node_id}")
     listed = config_membership(config)
-    if cluster_id_of(listed) == identity.cluster_id:
+    if listed == identity.bootstrap:
         return
     if listed.address_map() == held.address_map():
         return

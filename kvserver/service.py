@@ -39,7 +39,7 @@ from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
 from rpc import Promise, loop_deadlines, returns_future
 
-__all__ = ["KV_SERVICE", "KvService"]
+__all__ = ["CLIENT_OPS", "KV_SERVICE", "KvService"]
 
 log = logging.getLogger("kvserver.service")
 
@@ -50,7 +50,9 @@ R = TypeVar("R", kv_pb2.GetReply, kv_pb2.ScanReply, kv_pb2.PutAppendReply,
 #: What a handler returns: the reply now, or a future of it.
 Answer: TypeAlias = R | Promise[R]
 
-_OPS = frozenset(kv_pb2.Op.values())
+#: The ops a client may send: MEMBER_SEEN is the leader's own record
+#: (kvserver/seen.py), never a client's.
+CLIENT_OPS = frozenset(kv_pb2.Op.values()) - {kv_pb2.MEMBER_SEEN}
 
 
 def _merge(refusals: Sequence[R | None], replies: list[R]) -> list[R]:
@@ -169,7 +171,7 @@ class KvService:
         elif request.ack_seq > request.seq:
             problem = (f"ack_seq {request.ack_seq} is above seq {request.seq} (it is the "
                        f"lowest seq whose reply the client has not seen, this one included)")
-        elif request.op not in _OPS:
+        elif request.op not in CLIENT_OPS:
             problem = f"unknown op {request.op}"
         elif request.op == kv_pb2.DELETE and request.value:
             problem = "a DELETE carries no value"

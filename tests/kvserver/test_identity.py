@@ -57,6 +57,10 @@ def test_the_cluster_id_is_the_same_for_every_bootstrap_node_and_differs_per_clu
     assert len(CLUSTER) == 16 and int(CLUSTER, 16) >= 0
     assert cluster_id_of(config_membership(CONF)) == CLUSTER
     assert cluster_id_of(config_membership(other)) != CLUSTER
+    # Behind proxies each node holds its own view of its peers' addresses.
+    view = parse_config(format_config([("127.0.0.1", 9000), ("127.0.0.1", 7001),
+                                       ("127.0.0.1", 9002)]))
+    assert cluster_id_of(config_membership(view)) == CLUSTER
 
 
 def test_identity_file_round_trip_and_damage(tmp_path: Path) -> None:
@@ -132,6 +136,9 @@ def test_check_config_refusals() -> None:
     grown_conf = parse_config(format_config([("127.0.0.1", 7000 + i) for i in range(4)]),
                               "g.conf")
     check_config(ident, 1, grown_conf, grown, "d")  # the held membership
+    same_ids = parse_config(format_config([("127.0.0.1", 8000 + i) for i in range(3)]))
+    with pytest.raises(IdentityError, match="holds members"):
+        check_config(ident, 1, same_ids, boot, "d")  # another cluster, same ids
     with pytest.raises(IdentityError, match=r"belongs to node 1 of cluster \w+, not to node 2"):
         check_config(ident, 2, CONF, boot, "d")
     with pytest.raises(IdentityError, match=r"g.conf lists members 0=127.0.0.1:7000, .*"
