@@ -189,3 +189,30 @@ def test_a_node_started_late_into_a_new_cluster_bootstraps(tmp_path: Path) -> No
         poll_until(lambda: _all_seen(cluster, [0, 1, 2]), 20.0, "the late node's seen mark")
     finally:
         cluster.stop()
+
+
+def test_a_data_dir_of_the_release_before_identity_is_upgraded(tmp_path: Path) -> None:
+    conf = tmp_path / "one.conf"
+    conf.write_text(format_config([("127.0.0.1", free_ports(1)[0])]))
+    data = tmp_path / "node0"
+    cmd = [sys.executable, "-m", "kvserver.main", "--id", "0", "-f", str(conf),
+           "--data-dir", str(data)]
+    for round_ in range(2):
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            with Clerk.from_config(conf, timeout=20.0) as ck:
+                ck.put(f"k{round_}", "v")
+                assert ck.get("k0") == b"v"
+            proc.terminate()
+            err = proc.communicate(timeout=20)[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        if round_ == 0:
+            first = (data / "IDENTITY").read_text()
+            (data / "IDENTITY").unlink()  # as an earlier release left it
+        else:
+            assert "has no IDENTITY (an earlier release)" in err
+            assert (data / "IDENTITY").read_text() == first
