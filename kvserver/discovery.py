@@ -8,6 +8,13 @@ While a bootstrapping node waits, its own port answers ``Membership`` with
 ``bootstrapping=true`` (``WaitingService``), so that the members of a new
 cluster, all empty, learn from each other that nobody has started yet;
 every other method answers SHUTTING_DOWN (a client retries elsewhere).
+
+Known limit: the decision trusts the members that answer. Members that
+wait to bootstrap say nothing about a cluster that is down: if every
+running member is unreachable and only other empty data dirs answer (two
+members wiped at once while the third is down), they bootstrap a new
+cluster under the old one's config. The seen marks (kvserver/seen.py)
+catch the common case, one wiped member while the others run.
 """
 
 from __future__ import annotations
