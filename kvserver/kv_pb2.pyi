@@ -85,6 +85,11 @@ class _OpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Op.ValueType], _bu
     """Compare-and-set: set `value` if the key's value is `expected` (or, with
     no `expected`, if the key is absent); the reply's `swapped` says which.
     """
+    MEMBER_SEEN: _Op.ValueType  # 4
+    """Not a client op: the leader records that members have acknowledged
+    entries (Command.member_ids; kvserver/seen.py). Applied into the state
+    machine's meta; an older release ignores it, like any unknown op.
+    """
 
 class Op(_Op, metaclass=_OpEnumTypeWrapper):
     """Keys and values are bytes everywhere (on the wire, in the log, in
@@ -99,6 +104,11 @@ DELETE: Op.ValueType  # 2
 CAS: Op.ValueType  # 3
 """Compare-and-set: set `value` if the key's value is `expected` (or, with
 no `expected`, if the key is absent); the reply's `swapped` says which.
+"""
+MEMBER_SEEN: Op.ValueType  # 4
+"""Not a client op: the leader records that members have acknowledged
+entries (Command.member_ids; kvserver/seen.py). Applied into the state
+machine's meta; an older release ignores it, like any unknown op.
 """
 Global___Op: _TypeAlias = Op  # noqa: Y015
 
@@ -735,6 +745,7 @@ class Command(_message.Message):
     STAMP_MS_FIELD_NUMBER: _builtins.int
     MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     EXPECTED_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
     op: Global___Op.ValueType
     key: _builtins.bytes
     value: _builtins.bytes
@@ -754,6 +765,10 @@ class Command(_message.Message):
     """
     expected: _builtins.bytes
     """CAS: as in PutAppendRequest (unset: the key must be absent)."""
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """MEMBER_SEEN: the members now known to have held data."""
+
     def __init__(
         self,
         *,
@@ -766,10 +781,11 @@ class Command(_message.Message):
         stamp_ms: _builtins.int = ...,
         max_value_bytes: _builtins.int = ...,
         expected: _builtins.bytes | None = ...,
+        member_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "expected", b"expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "ack_seq", b"ack_seq", "client_id", b"client_id", "expected", b"expected", "key", b"key", "max_value_bytes", b"max_value_bytes", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "ack_seq", b"ack_seq", "client_id", b"client_id", "expected", b"expected", "key", b"key", "max_value_bytes", b"max_value_bytes", "member_ids", b"member_ids", "op", b"op", "seq", b"seq", "stamp_ms", b"stamp_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected: _TypeAlias = _typing.Literal["expected"]  # noqa: Y015
     _WhichOneofArgType__expected: _TypeAlias = _typing.Literal["_expected", b"_expected"]  # noqa: Y015
@@ -827,6 +843,7 @@ class KvSnapshot(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
     CLOCK_MS_FIELD_NUMBER: _builtins.int
+    SEEN_MEMBERS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     clock_ms: _builtins.int
     @_builtins.property
@@ -838,6 +855,10 @@ class KvSnapshot(_message.Message):
 
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    @_builtins.property
+    def seen_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Members that have acknowledged entries (MEMBER_SEEN), sorted."""
+
     def __init__(
         self,
         *,
@@ -845,10 +866,11 @@ class KvSnapshot(_message.Message):
         data: _abc.Iterable[Global___KeyValue] | None = ...,
         sessions: _abc.Iterable[Global___Session] | None = ...,
         clock_ms: _builtins.int = ...,
+        seen_members: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_ms", b"clock_ms", "data", b"data", "sessions", b"sessions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_ms", b"clock_ms", "data", b"data", "seen_members", b"seen_members", "sessions", b"sessions", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,10 +1,20 @@
 """``kvserver``: run node I of the cluster described by a config file.
 
-    kvserver --id I -f test.conf [--data-dir DIR] [--max-raft-state BYTES]
-             [--max-key-bytes B] [--max-value-bytes B] [--max-request-bytes B]
-             [--max-client-connections N] [--idle-timeout SECONDS] [--log-level L]
+    kvserver --id I -f test.conf [--addr HOST:PORT] [--join] [--data-dir DIR]
+             [--max-raft-state BYTES] [--max-key-bytes B] [--max-value-bytes B]
+             [--max-request-bytes B] [--max-client-connections N]
+             [--idle-timeout SECONDS] [--log-level L]
 
 Recovers from ``--data-dir`` (default ``data/node<I>``) after any crash.
+The data dir's IDENTITY file (kvserver/identity.py) says which cluster and
+node it belongs to: a data dir of another node, or a config that is
+neither its cluster's bootstrap list nor the membership it holds, is
+refused. An empty data dir first asks the config's other members who it
+is (kvserver/discovery.py): a member they have heard from before lost its
+log and vote and is refused with the commands that replace it; a fresh
+one bootstraps. With ``--join`` an empty data dir joins a running cluster
+as the learner ``callerMain member add`` made it (CONF lists members to
+contact; ``--addr`` is this node's address).
 Stops cleanly on SIGTERM or SIGINT (exit 0); a leader first hands
 leadership to its most up-to-date follower (bounded by an election
 timeout). Exit 2 with one line on stderr for a bad command line or config,
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import signal
@@ -28,7 +39,18 @@ import sys
 from collections.abc import Sequence
 
 from kvserver import resources
-from kvserver.config import ConfigError, NodeAddress, load_config
+from kvserver.config import ClusterConfig, ConfigError, NodeAddress, load_config
+from kvserver.discovery import settle_identity
+from kvserver.identity import (
+    Identity,
+    IdentityError,
+    check_config,
+    cluster_id_of,
+    config_membership,
+    has_data,
+    read_identity,
+    write_identity,
+)
 from kvserver.limits import Limits, LimitsError
 from kvserver.server import (
     DEFAULT_IDLE_TIMEOUT,
@@ -103,6 +125,63 @@ async def _serve(node: KvNode) -> int:
     return EXIT_OK
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT (argparse type)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _address(node_id: int, addr: tuple[str, int] | None, identity: Identity | None,
+             config: ClusterConfig, join: bool) -> NodeAddress:
+    """Where this node listens: --addr, else its config entry, else (a node
+    that joined, absent from the config) the address its data dir was
+    started with. Raises ConfigError."""
+    if addr is not None:
+        return NodeAddress(node_id, addr[0], addr[1])
+    if node_id not in {n.id for n in config.nodes} and identity is not None:
+        host, port = _host_port(identity.address)
+        return NodeAddress(node_id, host, port)
+    if join and node_id not in {n.id for n in config.nodes}:
+        raise ConfigError(f"--join: node {node_id} is not in {config.path}: "
+                          f"give its address with --addr HOST:PORT")
+    return config.node(node_id)
+
+
+def _identity(node_id: int, address: NodeAddress, config: ClusterConfig, data_dir: str,
+              join: bool) -> Identity:
+    """The data dir's identity, written first if it has none: from the
+    config for a data dir of the release before identities (a one-time
+    upgrade), else as the other members decide (kvserver/discovery.py).
+    Raises IdentityError, ConfigError, OSError."""
+    log = logging.getLogger("kvserver")
+    identity = read_identity(data_dir)
+    if identity is not None:
+        if identity.node_id != node_id:
+            raise IdentityError(
+                f"data dir {data_dir} belongs to node {identity.node_id} of cluster "
+                f"{identity.cluster_id}, not to node {node_id}")
+        return identity
+    if has_data(data_dir):
+        config.node(node_id)
+        bootstrap = config_membership(config)
+        identity = Identity(cluster_id_of(bootstrap), node_id, str(address), bootstrap)
+        log.info("node %d: data dir %s has no IDENTITY (an earlier release): recording "
+                 "cluster %s, bootstrap %s from %s", node_id, data_dir, identity.cluster_id,
+                 bootstrap.describe(), config.path)
+    else:
+        if not join:
+            config.node(node_id)
+        identity = run(settle_identity(node_id, address, config, join=join))
+        identity = dataclasses.replace(identity, address=str(address))
+        log.info("node %d: %s cluster %s (bootstrap %s)", node_id,
+                 "joining" if join else "bootstrapping", identity.cluster_id,
+                 identity.bootstrap.describe() if not identity.joined else "from the leader")
+    write_identity(data_dir, identity)
+    return identity
+
+
 def _seconds(text: str) -> float:
     """A duration in seconds, >= 0 (argparse type)."""
     try:
@@ -118,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Run one node of the replicated KV store.")
     parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
     parser.add_argument("-f", "--config", required=True, help="cluster config (seed format)")
+    parser.add_argument("--addr", type=_host_port, metavar="HOST:PORT",
+                        help="this node's address (default: its entry in the config, or "
+                             "the address its data dir was started with)")
+    parser.add_argument("--join", action="store_true",
+                        help="an empty data dir joins the running cluster whose members "
+                             "the config lists, as the learner `member add` made it")
     parser.add_argument("--data-dir", help="where the WAL and snapshots live (data/node<I>)")
     parser.add_argument("--max-raft-state", type=byte_size, default=DEFAULT_MAX_RAFT_STATE,
                         metavar="BYTES",
@@ -152,23 +237,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_request_bytes=args.max_request_bytes).validate()
     except LimitsError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
+    data_dir = args.data_dir or f"data/node{args.id}"
     try:
         config = load_config(args.config)
-        config.node(args.id)
-    except ConfigError as exc:
+        address = _address(args.id, args.addr, read_identity(data_dir), config, args.join)
+    except (ConfigError, IdentityError) as exc:
         fail(PROG, str(exc), EXIT_USAGE)
     budget = resources.FdBudget(soft_after, resources.fds_in_use(), len(config))
     try:
         max_clients = resources.check_budget(budget, args.max_client_connections)
     except ValueError as exc:
         fail(PROG, str(exc), EXIT_USAGE)
-    _check_port(config.node(args.id))
+    _check_port(address)
     _configure_logging(args.id, args.log_level)
-    data_dir = args.data_dir or f"data/node{args.id}"
+    try:
+        identity = _identity(args.id, address, config, data_dir, args.join)
+    except (ConfigError, IdentityError) as exc:
+        fail(PROG, str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(PROG, f"data dir {data_dir}: {exc.strerror or exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return EXIT_OK
     options = KvNodeOptions(data_dir=data_dir, max_raft_state=args.max_raft_state,
                             max_db_bytes=args.max_db_bytes, limits=limits,
                             max_client_connections=max_clients,
-                            idle_timeout=args.idle_timeout or None)
+                            idle_timeout=args.idle_timeout or None,
+                            membership=identity.bootstrap, cluster_id=identity.cluster_id,
+                            address=address)
     collect_old_objects_only_when_told()
     try:
         node = KvNode(config, args.id, options)
@@ -179,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, text if data_dir in text else f"data dir {data_dir}: {text}", EXIT_USAGE)
     except OSError as exc:
         fail(PROG, f"data dir {data_dir}: {exc.strerror or exc}", EXIT_USAGE)
+    try:
+        check_config(identity, args.id, config, node.node.membership, data_dir)
+    except IdentityError as exc:
+        run(node.stop())
+        fail(PROG, str(exc), EXIT_USAGE)
     # Logged once the node could be built: a usage error stays one line.
     logging.getLogger("kvserver").info(
         "open-file limit: soft %d -> %d (hard %s); client connections capped at %d "

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvserver.config import ClusterConfig
+from kvserver.config import ClusterConfig, NodeAddress
 from kvserver.limits import Limits
 from kvserver.lmdb_store import LmdbKvStore
 from kvserver.resources import peer_reserve
+from kvserver.seen import SeenMarker
 from kvserver.service import KV_SERVICE, KvService
 from kvserver.state_machine import DiskKvStateMachine
 from raft.core import NotLeader
@@ -92,18 +93,22 @@ class KvNodeOptions:
     max_client_connections: int | None = None
     #: Close client connections silent this long (seconds); None: never.
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
-    #: The bootstrap membership; ``Membership()`` (empty) for a new node
-    #: that waits for the leader to add it as a learner and send it the
-    #: log or a snapshot. None: every node of the config is a voter, at
+    #: The bootstrap membership (the data dir's IDENTITY); ``Membership()``
+    #: (empty) for a node that joined: it waits for the leader to send it
+    #: the log or a snapshot. None: every node of the config is a voter, at
     #: its config address.
     membership: Membership | None = None
+    #: The data dir's cluster ID (kvserver/identity.py), for Membership.
+    cluster_id: str = ""
+    #: Where to listen (kvserver --addr). None: this node's config entry.
+    address: NodeAddress | None = None
 
 
 class KvNode:
     def __init__(self, config: ClusterConfig, node_id: int, options: KvNodeOptions) -> None:
         self.config = config
         self.id = node_id
-        self.address = config.node(node_id)
+        self.address = options.address or config.node(node_id)
         self.options = options
         data_dir = str(options.data_dir)
         self.storage = FileStorage(data_dir)
@@ -147,6 +152,7 @@ class KvNode:
             request_timeout=options.request_timeout,
             limits=options.limits,
             max_db_bytes=options.max_db_bytes,
+            cluster_id=options.cluster_id,
         )
         capped = options.max_client_connections is not None
         self.provider = RpcProvider(
@@ -181,6 +187,7 @@ class KvNode:
         #: ``kvserver`` command then stops (exit 0).
         self.removed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
+        self._seen_marker: asyncio.Task[None] | None = None
         self._snapshots_seen = 0
         self._last_full_gc = 0.0
         #: The longest event loop stall seen (seconds), for Status and tests.
@@ -208,24 +215,29 @@ class KvNode:
         await self.node.start()
         self._started = True
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_loop())
+        self._seen_marker = asyncio.get_running_loop().create_task(
+            SeenMarker(self.node, self.state_machine).run())
         log.info("node %d serving on %s (data dir %s)", self.id, self.address,
                  self.options.data_dir)
 
     def _peer_addresses(self, membership: Membership) -> dict[int, tuple[str, int]]:
-        """Where to reach each member: its address in ``membership``, else
-        (a membership written without addresses) its config entry."""
+        """Where to reach each member: its entry in this node's config file
+        if it has one, else its address in ``membership``. The config wins
+        for the members it names, so that nodes behind NAT or proxies may
+        each hold a different address for the same peer (README, "Several
+        machines"); a member added later is dialed where the log says."""
         config = {n.id: (n.host, n.port) for n in self.config.nodes}
         peers: dict[int, tuple[str, int]] = {}
         for member in membership.members:
+            if member in config:
+                peers[member] = config[member]
+                continue
             text = membership.address(member)
             if text:
                 try:
                     peers[member] = parse_address(text)
-                    continue
                 except ValueError as exc:
                     log.warning("node %d: member %d: %s", self.id, member, exc)
-            if member in config:
-                peers[member] = config[member]
         return peers
 
     def _membership_changed(self, membership: Membership) -> None:
@@ -310,8 +322,9 @@ class KvNode:
         if self._stopped:
             return
         self._stopped = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._seen_marker):
+            if task is not None:
+                task.cancel()
         self.service.shutting_down = True
         await self.provider.close()
         if self._started:

@@ -39,7 +39,7 @@ from raft.node import LeadershipLost, NodeStopped, RaftNode
 from raft.types import NONE
 from rpc import Promise, loop_deadlines, returns_future
 
-__all__ = ["KV_SERVICE", "LEARNER_READY", "KvService"]
+__all__ = ["CLIENT_OPS", "KV_SERVICE", "LEARNER_READY", "KvService"]
 
 log = logging.getLogger("kvserver.service")
 
@@ -50,7 +50,9 @@ R = TypeVar("R", kv_pb2.GetReply, kv_pb2.ScanReply, kv_pb2.PutAppendReply,
 #: What a handler returns: the reply now, or a future of it.
 Answer: TypeAlias = R | Promise[R]
 
-_OPS = frozenset(kv_pb2.Op.values())
+#: The ops a client may send: MEMBER_SEEN is the leader's own record
+#: (kvserver/seen.py), never a client's.
+CLIENT_OPS = frozenset(kv_pb2.Op.values()) - {kv_pb2.MEMBER_SEEN}
 _CHANGE_OPS = {kv_pb2.ADD_LEARNER: ConfChangeOp.ADD_LEARNER,
                kv_pb2.PROMOTE: ConfChangeOp.PROMOTE, kv_pb2.REMOVE: ConfChangeOp.REMOVE}
 #: A learner is promoted only once its match index is at least this share
@@ -174,7 +176,7 @@ class KvService:
         elif request.ack_seq > request.seq:
             problem = (f"ack_seq {request.ack_seq} is above seq {request.seq} (it is the "
                        f"lowest seq whose reply the client has not seen, this one included)")
-        elif request.op not in _OPS:
+        elif request.op not in CLIENT_OPS:
             problem = f"unknown op {request.op}"
         elif request.op == kv_pb2.DELETE and request.value:
             problem = "a DELETE carries no value"
@@ -467,18 +469,24 @@ class KvService:
     def _members(self) -> list[kv_pb2.Member]:
         membership = self._node.membership
         progress = self._node.member_progress()
+        seen = self._sm.seen_members
         return [
             kv_pb2.Member(
                 id=n, address=membership.address(n),
                 role=kv_pb2.LEARNER if n in membership.learners else kv_pb2.VOTER,
                 match_index=progress[n].match if n in progress else 0,
+                seen=n in seen,
             )
             for n in sorted(membership.members)
         ]
 
     async def Membership(self, request: kv_pb2.MembershipRequest) -> kv_pb2.MembershipReply:
         """The membership in this node's log (dissertation 4.1: the latest,
-        committed or not), with the leader's match indexes when it leads."""
+        committed or not), with the leader's match indexes when it leads,
+        which members the cluster has heard from (``seen``: the replicated
+        marks of kvserver/seen.py, so any member knows them) and the data
+        dir's cluster ID. An empty data dir asks this before it starts
+        (kvserver/discovery.py)."""
         if self.shutting_down:
             return kv_pb2.MembershipReply(err=kv_pb2.SHUTTING_DOWN, leader=-1)
         st = self._node.status()

@@ -179,6 +179,7 @@ _META_APPLIED_INDEX = "applied_index"
 _META_APPLIED_TERM = "applied_term"
 _META_CLOCK_MS = "clock_ms"
 _META_MEMBERSHIP = "membership"
+_META_SEEN = "seen_members"
 #: The Raft snapshot data of a ``DiskKvStateMachine``: the state is the
 #: snapshot file, not these bytes (an older release's data dir holds a
 #: ``KvSnapshot`` there instead, which ``restore`` still reads).
@@ -187,6 +188,14 @@ FILE_SNAPSHOT_MARKER = b"pyraftkv file snapshot v1"
 
 def _u64(value: int) -> bytes:
     return value.to_bytes(8, "big")
+
+
+def _encode_ids(ids: frozenset[int]) -> bytes:
+    return ",".join(map(str, sorted(ids))).encode()
+
+
+def _decode_ids(data: bytes) -> frozenset[int]:
+    return frozenset(int(x) for x in data.split(b",") if x)
 
 
 def _encode_session(client_id: int, s: _Session) -> bytes:
@@ -229,6 +238,9 @@ class KvStateMachine:
         self._applied_term = 0
         self._applied_membership: Membership | None = None
         self._membership_dirty = False
+        #: Members known to have acknowledged entries (MEMBER_SEEN records).
+        self._seen: frozenset[int] = frozenset()
+        self._seen_dirty = False
         self._load()
 
     def _load(self) -> None:
@@ -239,6 +251,7 @@ class KvStateMachine:
         self._clock_ms = int.from_bytes(store.get_meta(_META_CLOCK_MS) or b"", "big")
         membership = store.get_meta(_META_MEMBERSHIP)
         self._applied_membership = Membership.decode(membership) if membership else None
+        self._seen = _decode_ids(store.get_meta(_META_SEEN) or b"")
         loaded = []
         for client_id, blob in store.sessions():
             pb = kv_pb2.Session()
@@ -305,6 +318,19 @@ class KvStateMachine:
         self._applied_membership = membership
         self._membership_dirty = True
 
+    @property
+    def seen_members(self) -> frozenset[int]:
+        """Members the cluster has heard from (MEMBER_SEEN commands applied):
+        each held data once, so an empty data dir may never again start as
+        one of them (kvserver/seen.py). A member removed by a later
+        configuration entry leaves this set: re-added, it starts unseen."""
+        return self._seen
+
+    def _set_seen(self, seen: frozenset[int]) -> None:
+        if seen != self._seen:
+            self._seen = seen
+            self._seen_dirty = True
+
     def value_size(self, key: bytes) -> int:
         """Bytes of ``key``'s value (0 when absent)."""
         value = self._store.get(key)
@@ -327,7 +353,9 @@ class KvStateMachine:
                     results.append(self._apply_command(batch, entry.index, entry.data))
                     continue
                 if entry.type is EntryType.CONF_CHANGE:
-                    self._set_membership(Membership.decode(entry.data))
+                    membership = Membership.decode(entry.data)
+                    self._set_membership(membership)
+                    self._set_seen(self._seen & membership.members)
                 results.append(None)
             self._finish(batch)
         return results
@@ -342,6 +370,15 @@ class KvStateMachine:
 
     def _apply_command(self, batch: WriteBatch, index: int, data: bytes) -> Applied:
         cmd = decode_command(data)
+        if cmd.op == kv_pb2.MEMBER_SEEN:
+            # No session: the leader's own record, not a client's write.
+            members = self._applied_membership
+            ids = frozenset(cmd.member_ids)
+            if members is not None:
+                # A member removed since the leader looked is not marked.
+                ids &= members.members
+            self._set_seen(self._seen | ids)
+            return Applied.DONE
         client_id = cmd.client_id
         if cmd.stamp_ms > self._clock_ms:
             self._clock_ms = cmd.stamp_ms
@@ -401,6 +438,9 @@ class KvStateMachine:
         if self._membership_dirty and self._applied_membership is not None:
             batch.set_meta(_META_MEMBERSHIP, self._applied_membership.encode())
             self._membership_dirty = False
+        if self._seen_dirty:
+            batch.set_meta(_META_SEEN, _encode_ids(self._seen))
+            self._seen_dirty = False
 
     def _expire_sessions(self) -> None:
         horizon = self._clock_ms - self.session_ttl_ms
@@ -424,7 +464,8 @@ class KvStateMachine:
         # Still version 1: ``data`` (pairs in key order) is wire-identical to
         # the former map<string, string>, and an older release ignores
         # ``failed_seqs`` (kv.proto).
-        snap = kv_pb2.KvSnapshot(version=SNAPSHOT_VERSION, clock_ms=self._clock_ms)
+        snap = kv_pb2.KvSnapshot(version=SNAPSHOT_VERSION, clock_ms=self._clock_ms,
+                                 seen_members=sorted(self._seen))
         add = snap.data.add
         start: bytes | None = b""
         while start is not None:
@@ -471,6 +512,7 @@ class KvStateMachine:
                 (pb.client_id, _decode_session(pb)) for pb in snap.sessions)
             self._dirty = dict(self._sessions)
             self._clock_ms = snap.clock_ms
+            self._seen, self._seen_dirty = frozenset(snap.seen_members), True
             self._finish(batch)
 
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from kvserver import kv_pb2
 from kvserver.launcher import Cluster
+from kvserver.service import CLIENT_OPS
 from rpc.codec import NEED_DATA, FrameDecoder, encode_request, request_header_tail
 from rpc.rpc_pb2 import Header
 from tests.e2e.harness import wait_leader
@@ -77,7 +78,7 @@ class Model:
     def expect_write(self, r: kv_pb2.PutAppendRequest) -> tuple[int, bool]:
         """(err, swapped): swapped matters for an OK CAS only."""
         if (r.client_id == 0 or r.seq == 0 or r.ack_seq > r.seq
-                or r.op not in kv_pb2.Op.values() or (r.op == kv_pb2.DELETE and r.value)
+                or r.op not in CLIENT_OPS or (r.op == kv_pb2.DELETE and r.value)
                 or (r.op != kv_pb2.CAS and r.HasField("expected"))):
             return kv_pb2.BAD_REQUEST, False
         old = self.data.get(r.key, b"")
