@@ -348,3 +348,43 @@ def test_a_leader_whose_own_removal_did_not_commit_can_still_finish_it() -> None
     assert leader is not None and leader.id == 2
     assert leader.membership.voters == {2} and leader.log.committed >= leader.membership_index
     assert net.cores[1].role is Role.FOLLOWER
+
+
+def test_a_learner_still_answers_vote_requests() -> None:
+    """Its promotion may be committed before it has the entry: the voters
+    that know may need its vote (dissertation 4.2.1)."""
+    net = committed_cluster()
+    net.add_node(4)
+    change(net, 1, ADD, 4)
+    net.cut(1, 3)
+    net.cut(1, 4)
+    net.cores[1].propose_conf_change(ConfChange(PROMOTE, 4))
+    net.stabilize()  # only 2 has the promotion: voters {1,2,3,4} there
+    assert net.cores[2].membership.voters == {1, 2, 3, 4}
+    assert net.cores[4].membership.learners == {4}
+    net.isolate(1)
+    votes: list[tuple[int, bool]] = []
+    net.drop = lambda m: bool(
+        m.type is MessageType.VOTE_RESPONSE and m.src == 4 and votes.append((m.dst, m.reject))
+    )
+    net.cores[2].campaign()
+    net.stabilize()
+    assert votes == [(2, False)]  # the learner voted, and for 2
+
+
+def test_a_removed_server_that_never_learned_cannot_disrupt() -> None:
+    """Removed while cut off, it never gets the entry; when it comes back
+    and times out, its pre-votes are refused (the others hear from their
+    leader, dissertation 4.2.3; its log is behind) and the leader keeps its
+    term."""
+    net = Network([1, 2, 3])  # with check-quorum: the leader lease
+    net.elect(1)
+    net.isolate(3)
+    change(net, 1, REMOVE, 3)
+    assert net.cores[1].membership.voters == {1, 2}
+    term = net.cores[1].term
+    net.tick([3], n=50)  # it keeps campaigning (pre-votes) alone
+    net.heal()
+    net.tick(n=50)
+    assert net.cores[1].role is Role.LEADER and net.cores[1].term == term
+    assert net.cores[2].term == term
