@@ -130,6 +130,12 @@ class Workload:
             thread.join()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a dead thread must not pass as "no errors"
+            self.errors.append(f"workload stopped: {type(exc).__name__}: {exc}")
+
+    def _loop(self) -> None:
         with Clerk.from_config(self.conf, timeout=20.0) as ck:
             i = 0
             last = time.monotonic()
@@ -298,6 +304,8 @@ def replace(conf: Path, tmp: Path, pids: dict[int, int], dead: int, deadline: fl
     say(f"workload: {workload.ops} ops in {len(rates)} s, ops/s min {min(rates, default=0)} "
         f"max {max(rates, default=0)}, longest pause between two checked put+get "
         f"{workload.longest_pause * 1000:.0f} ms, errors {len(workload.errors)}")
+    if not workload.ops:
+        raise SystemExit("demo: the workload acknowledged nothing")
     if workload.errors:
         show("\n".join(workload.errors[:5]))
         raise SystemExit(f"demo: the workload saw {len(workload.errors)} errors")
