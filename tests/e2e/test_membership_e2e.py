@@ -9,6 +9,10 @@ identity work); the join and catch-up path runs in process instead
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,29 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         done = run_cli(*CALLER, "-f", str(stale), "--timeout", "20", "get", "k")
         assert (done.returncode, done.stdout) == (0, "v\n"), done.stderr
+
+
+def test_raftcorerun_reports_a_removed_node_as_stopped_not_failed(tmp_path: Path) -> None:
+    """A node removed with ``member remove`` exits 0; raftCoreRun says so and,
+    stopped afterwards, exits 0 (a node that died still makes it exit 1:
+    tests/e2e/test_kv_e2e.py)."""
+    conf = tmp_path / "c.conf"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "kvserver.launcher", "-n", "3", "-f", str(conf),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert launcher.stdout is not None
+    try:
+        lines = [launcher.stdout.readline() for _ in range(4)]
+        assert lines[-1].startswith("config written to"), lines
+        code, out, err = member(conf, "remove", "2")
+        assert (code, out) == (0, "node 2 removed\n"), err
+        line = launcher.stdout.readline()
+        assert line.startswith("node 2 (pid ") and "exited with code 0 (stopped: removed" in line
+        launcher.send_signal(signal.SIGTERM)
+        rest = launcher.communicate(timeout=30)[0]
+        assert "cluster stopped" in rest and launcher.returncode == 0, rest
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
