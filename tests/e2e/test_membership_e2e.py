@@ -9,17 +9,20 @@ identity work); the join and catch-up path runs in process instead
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kvserver.config import format_config
 from kvserver.launcher import Cluster, free_ports
-from tests.e2e.harness import poll_until, run_cli, running_cluster, wait_leader
+from tests.e2e.harness import (
+    poll_until,
+    run_cli,
+    running_cluster,
+    start_raft_core_run,
+    wait_leader,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,10 +109,7 @@ def test_raftcorerun_reports_a_removed_node_as_stopped_not_failed(tmp_path: Path
     stopped afterwards, exits 0 (a node that died still makes it exit 1:
     tests/e2e/test_kv_e2e.py)."""
     conf = tmp_path / "c.conf"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "kvserver.launcher", "-n", "3", "-f", str(conf),
-         "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    launcher = start_raft_core_run(conf, tmp_path / "data")
     assert launcher.stdout is not None
     try:
         lines = [launcher.stdout.readline() for _ in range(4)]
