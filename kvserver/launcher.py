@@ -6,7 +6,9 @@ Picks N free ports on 127.0.0.1, writes the config file (with
 ``--keep-config``: uses the addresses already in it), starts N
 ``kvserver`` processes (logs in DIR/node<I>.log), prints each node's address,
 pid and log file, and stays in the foreground supervising them. A node that
-exits is reported with its exit code and log file. On Ctrl-C or SIGTERM it
+exits is reported with its exit code and log file; the launcher exits 1
+at the end if any node exited non-zero (a node exits 0 only when removed
+from the cluster or stopped by a signal). On Ctrl-C or SIGTERM it
 stops them all (SIGTERM, then SIGKILL after a grace period) and leaves no
 process behind.
 
@@ -221,22 +223,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{what} {args.config}; Ctrl-C stops the cluster", flush=True)
 
     reported: set[int] = set()
+    failed: set[int] = set()
     try:
         while not stopping:
             for i, proc in cluster.procs.items():
                 code = proc.poll()
                 if code is not None and i not in reported:
                     reported.add(i)
-                    print(f"node {i} (pid {proc.pid}) exited with code {code}; "
+                    # A node exits 0 only when it stopped on purpose: it was
+                    # removed from the cluster (`member remove`), or someone
+                    # sent it SIGTERM/SIGINT. Neither is a failure to report
+                    # in the launcher's exit code.
+                    why = " (stopped: removed from the cluster, or by a signal)" if code == 0 \
+                        else ""
+                    if code != 0:
+                        failed.add(i)
+                    print(f"node {i} (pid {proc.pid}) exited with code {code}{why}; "
                           f"see {cluster.log_path(i)}", flush=True)
             if len(reported) == args.n:
                 print("all nodes have exited", flush=True)
-                return EXIT_FAILED
+                return EXIT_FAILED if failed else EXIT_OK
             time.sleep(0.2)
     finally:
         cluster.stop()
     print("cluster stopped", flush=True)
-    return EXIT_OK if not reported else EXIT_FAILED
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ started by ``kvserver.launcher.Cluster``, polled through the Status RPC."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -60,6 +61,15 @@ def running_cluster(tmp: Path, n: int = 3, extra_args: Sequence[str] = ()) -> It
         yield cluster
     finally:
         cluster.stop()
+
+
+def start_raft_core_run(conf: Path, data_dir: Path, n: int = 3) -> subprocess.Popen[str]:
+    """``raftCoreRun -n N -f CONF --data-dir DATA_DIR`` as a process, its
+    stdout a text pipe (unbuffered, so lines arrive as it prints them)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvserver.launcher", "-n", str(n), "-f", str(conf),
+         "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from clerk import AsyncClerk, Clerk
-from tests.e2e.harness import poll_until, run_cli, running_cluster, statuses, wait_leader
+from tests.e2e.harness import (
+    poll_until,
+    run_cli,
+    running_cluster,
+    start_raft_core_run,
+    statuses,
+    wait_leader,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -241,14 +248,9 @@ def test_port_in_use_and_bad_data_dir_exit_2(tmp_path: Path) -> None:
 
 def test_raft_core_run_supervises_reports_deaths_and_leaves_no_orphans(tmp_path: Path) -> None:
     import os
-    import subprocess
-    import sys
 
     conf = tmp_path / "run.conf"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "kvserver.launcher", "-n", "3", "-f", str(conf),
-         "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    launcher = start_raft_core_run(conf, tmp_path / "data")
     assert launcher.stdout is not None
     pids: dict[int, int] = {}
     try:

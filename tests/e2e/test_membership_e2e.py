@@ -9,13 +9,20 @@ identity work); the join and catch-up path runs in process instead
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from kvserver.config import format_config
 from kvserver.launcher import Cluster, free_ports
-from tests.e2e.harness import poll_until, run_cli, running_cluster, wait_leader
+from tests.e2e.harness import (
+    poll_until,
+    run_cli,
+    running_cluster,
+    start_raft_core_run,
+    wait_leader,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,3 +102,26 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         done = run_cli(*CALLER, "-f", str(stale), "--timeout", "20", "get", "k")
         assert (done.returncode, done.stdout) == (0, "v\n"), done.stderr
+
+
+def test_raftcorerun_reports_a_removed_node_as_stopped_not_failed(tmp_path: Path) -> None:
+    """A node removed with ``member remove`` exits 0; raftCoreRun says so and,
+    stopped afterwards, exits 0 (a node that died still makes it exit 1:
+    tests/e2e/test_kv_e2e.py)."""
+    conf = tmp_path / "c.conf"
+    launcher = start_raft_core_run(conf, tmp_path / "data")
+    assert launcher.stdout is not None
+    try:
+        lines = [launcher.stdout.readline() for _ in range(4)]
+        assert lines[-1].startswith("config written to"), lines
+        code, out, err = member(conf, "remove", "2")
+        assert (code, out) == (0, "node 2 removed\n"), err
+        line = launcher.stdout.readline()
+        assert line.startswith("node 2 (pid ") and "exited with code 0 (stopped: removed" in line
+        launcher.send_signal(signal.SIGTERM)
+        rest = launcher.communicate(timeout=30)[0]
+        assert "cluster stopped" in rest and launcher.returncode == 0, rest
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
