@@ -208,7 +208,7 @@ class KvNode:
         )
         transport.snapshot_sender = SnapshotSender(
             self.id, self.state_machine, call=transport.stream_call,
-            forward=transport.send_now, unreachable=self.node.report_unreachable)
+            forward=transport.send_now, failed=self.node.report_snapshot_failed)
         self.transport = transport
         self.node.add_membership_listener(self._membership_changed)
         self.node.set_transport(transport)

@@ -516,6 +516,16 @@ class RaftCore:
         else:
             self._send_append_all(to, send_if_empty=True)
 
+    def report_snapshot_failed(self, peer: int) -> None:
+        """The driver could not deliver the snapshot ``peer`` was being sent
+        (etcd's ``ReportSnapshot`` with a failure): probe it again, and if
+        it still needs a snapshot, send the newest one. (Resending the one
+        that failed may fail forever: a newer snapshot replaces its file.)"""
+        pr = self.progress.get(peer)
+        if self._role is _LEADER and pr is not None and pr.state is ProgressState.SNAPSHOT:
+            pr.pending_snapshot = 0
+            pr.become_probe()
+
     def report_unreachable(self, peer: int) -> None:
         """The driver failed to send to ``peer``: stop pipelining to it."""
         pr = self.progress.get(peer)

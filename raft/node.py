@@ -302,6 +302,13 @@ class RaftNode:
         return await self._transfers.transfer(self._core, to, timeout, self._drain.wake,
                                               self._log)
 
+    def report_snapshot_failed(self, peer: int) -> None:
+        """Sending ``peer`` a snapshot failed (``RaftCore.report_snapshot_failed``)."""
+        if self._stopped:
+            return
+        self._core.report_snapshot_failed(peer)
+        self._drain.wake()
+
     def report_unreachable(self, peer: int) -> None:
         """The transport could not reach ``peer``: stop streaming to it."""
         if self._stopped:

@@ -116,17 +116,18 @@ class SnapshotSender:
         *,
         call: Callable[[int, raft_pb2.SnapshotChunk], Awaitable[raft_pb2.SnapshotChunkReply]],
         forward: Callable[[Message], None],
-        unreachable: Callable[[int], None],
+        failed: Callable[[int], None],
     ) -> None:
         """``call`` makes one StreamSnapshot call to a peer (raises
         ``rpc.RpcError``); ``forward`` sends a core message as usual;
-        ``unreachable`` tells the node a stream failed (the core then
-        probes the peer and sends the snapshot again)."""
+        ``failed`` tells the node a stream failed (the core then probes
+        the peer and sends its newest snapshot: the file of the one that
+        failed may be gone, replaced by a newer one)."""
         self._id = node_id
         self._dir = state_machine.snapshot_dir
         self._call = call
         self._forward = forward
-        self._unreachable = unreachable
+        self._failed = failed
         self._streams: dict[int, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft{node_id}-snapout")
         self._log = logging.LoggerAdapter(log, {"node_id": node_id})
@@ -156,7 +157,7 @@ class SnapshotSender:
         except Exception as exc:  # RpcError, OSError: the core will try again
             self._log.warning("node %d: snapshot %d/%d to node %d failed: %s", self._id,
                               meta.index, meta.term, peer, exc)
-            self._unreachable(peer)
+            self._failed(peer)
             return
         self._forward(msg)
 

@@ -197,3 +197,29 @@ def test_late_duplicate_first_chunk_does_not_deadlock_the_transfer() -> None:
     assert len(first) == 2, "the scenario did not happen"
     assert net.storages[3].snapshot().meta.index == 31
     assert net.applied[3] == net.applied[1]
+
+
+def test_a_failed_snapshot_is_replaced_by_the_newest_one() -> None:
+    """The driver reports that a snapshot could not be sent (its file was
+    replaced by a newer snapshot's): the leader probes again and sends its
+    newest snapshot, instead of resending the old one forever."""
+    net = lagging_follower()
+    net.drop = lambda m: m.type is MessageType.SNAPSHOT  # the stream "fails"
+    net.heal()
+    net.drop = lambda m: m.type is MessageType.SNAPSHOT
+    net.tick([1, 2], n=3)
+    net.tick(n=3)
+    assert net.cores[1].progress[3].state is ProgressState.SNAPSHOT
+    assert net.cores[1].progress[3].pending_snapshot == 31
+    for k in range(5):
+        net.propose(1, b"more-%d" % k)
+    assert compact(net, 1) == 36
+    net.cores[1].report_snapshot_failed(3)
+    assert net.cores[1].progress[3].state is ProgressState.PROBE
+    sent: list[int] = []
+    net.drop = lambda m: bool(m.type is MessageType.SNAPSHOT and m.snapshot is not None
+                              and sent.append(m.snapshot.index))
+    net.tick(n=30)
+    assert sent and set(sent) == {36}
+    assert net.storages[3].snapshot().meta.index == 36
+    assert net.applied[3] == net.applied[1]
