@@ -155,30 +155,55 @@ async def _scan(ck: AsyncClerk, prefix: bytes, limit: int | None, hex_mode: bool
 
 
 async def _status(config: ClusterConfig, timeout: float) -> int:
+    """One line per node: the config's nodes, then the members the cluster
+    added since (their addresses from the membership in the log, asked of
+    every node that answers); a config node the membership no longer holds
+    is marked so."""
     service = kv_pb2.DESCRIPTOR.services_by_name["KvServer"]
 
-    async def one(host: str, port: int) -> kv_pb2.StatusReply | str:
+    async def one(host: str, port: int) -> tuple[kv_pb2.StatusReply | str,
+                                                 kv_pb2.MembershipReply | None]:
         async with RpcChannel(host, port, connect_timeout=timeout) as channel:
+            stub = Stub(channel, service)
             try:
-                reply: kv_pb2.StatusReply = await Stub(channel, service).Status(
+                reply: kv_pb2.StatusReply = await stub.Status(
                     kv_pb2.StatusRequest(), timeout=timeout
                 )
-                return reply
             except RpcError as exc:
-                return exc.status.name.lower()
+                return exc.status.name.lower(), None
+            try:
+                members: kv_pb2.MembershipReply = await stub.Membership(
+                    kv_pb2.MembershipRequest(), timeout=timeout)
+            except RpcError:
+                return reply, None
+            return reply, members if members.err == kv_pb2.OK else None
 
-    replies = await asyncio.gather(*(one(n.host, n.port) for n in config.nodes))
+    nodes: list[tuple[int, str, str, int]] = [(n.id, str(n), n.host, n.port)
+                                              for n in config.nodes]
+    answers = await asyncio.gather(*(one(host, port) for _, _, host, port in nodes))
+    known = [m for _, m in answers if m is not None and m.members]
+    membership = max(known, key=lambda m: m.commit_index) if known else None
+    members = {m.id: m.address for m in membership.members} if membership else {}
+    added = [(n, a) for n, a in sorted(members.items()) if n not in {i for i, *_ in nodes}]
+    for n, address in added:
+        try:
+            host, port = parse_address(address)
+        except ValueError:
+            continue
+        nodes.append((n, address, host, port))
+        answers.append(await one(host, port))
     reachable = 0
-    for node, reply in zip(config.nodes, replies, strict=True):
+    for (node_id, address, _, _), (reply, _) in zip(nodes, answers, strict=True):
+        gone = " (not a member)" if members and node_id not in members else ""
         if isinstance(reply, str):
-            print(f"node {node.id} {node} unreachable ({reply})")
+            print(f"node {node_id} {address} unreachable ({reply}){gone}")
             continue
         reachable += 1
         leader = reply.leader if reply.leader >= 0 else "none"
         print(
-            f"node {node.id} {node} {reply.role} term {reply.term} leader {leader} "
+            f"node {node_id} {address} {reply.role} term {reply.term} leader {leader} "
             f"commit {reply.commit_index} applied {reply.applied_index} "
-            f"log {reply.first_index}..{reply.last_index} keys {reply.keys}"
+            f"log {reply.first_index}..{reply.last_index} keys {reply.keys}{gone}"
         )
     return EXIT_OK if reachable else EXIT_FAILED
 

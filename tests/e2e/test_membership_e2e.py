@@ -77,6 +77,10 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         assert "learner 3 has 0 of" in err and "90%" in err
         code, _, err = member(conf, "add", "4", addresses[0])
         assert code == 1 and "is node 0's" in err
+        # status shows the members the cluster added, not only the config's.
+        done = run_cli(*CALLER, "-f", str(conf), "status")
+        assert done.returncode == 0, done.stderr
+        assert f"node 3 {new} unreachable" in done.stdout, done.stdout
         code, _, err = member(conf, "remove", "3")
         assert code == 0, err
         assert 3 not in listed(conf)
@@ -93,6 +97,9 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         (last,) = set(range(3)) - {follower, leader}
         assert wait_leader(cluster, exclude=[follower, leader]) == last
         assert listed(conf) == {last: (addresses[last], "voter")}
+        done = run_cli(*CALLER, "-f", str(conf), "status")
+        assert f"node {follower} {addresses[follower]} unreachable" in done.stdout
+        assert "(not a member)" in done.stdout.splitlines()[follower], done.stdout
 
         # A client config whose first entries are removed (stopped) nodes.
         stale = tmp_path / "stale.conf"
