@@ -28,6 +28,7 @@ Connection policy (chosen for Raft, where a dead peer must not slow anyone):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import random
@@ -206,6 +207,7 @@ class RpcChannel:
         if conn.paused:
             await conn.wait_writable()
         if conn.lost:
+            self._connection_lost(conn)  # the next call connects again
             raise RpcError(Status.UNAVAILABLE, f"{self.host}:{self.port}: connection lost")
         return await self._send(conn, tail, body, timeout)
 
@@ -262,6 +264,12 @@ class RpcChannel:
                     ),
                     self.connect_timeout,
                 )
+                if conn.lost:
+                    # Reset between accept and our resuming here (a proxy
+                    # whose target is down does that): connection_lost ran
+                    # before this was our connection. Keeping it would fail
+                    # every call for good; it is a failed attempt.
+                    raise ConnectionResetError(errno.ECONNRESET, "connection reset at connect")
             except (OSError, TimeoutError) as exc:
                 self._failures += 1
                 delay = min(self.backoff_max, self.backoff_initial * 2 ** (self._failures - 1))
