@@ -198,6 +198,7 @@ class MembershipScript:
         c = self.cluster
         with c.lock:
             c.leaving.add(victim)
+            was_running = c.alive(victim)
         self.record("member_remove", f"node {victim} ({what})")
         await self._until(ck, lambda: ck.member_remove(victim),
                           lambda ms: all(m.id != victim for m in ms), f"remove {victim}")
@@ -205,8 +206,8 @@ class MembershipScript:
             c.members.discard(victim)
             c.leaving.discard(victim)
         self.counts["member_remove"] += 1
-        if not c.alive(victim):
-            self.record("member_removed", f"node {victim} removed (not running)")
+        if not was_running:
+            self.record("member_removed", f"node {victim} removed (it was down)")
             return
         deadline = time.monotonic() + self.options.removed_exit_wait
         while c.alive(victim) and time.monotonic() < deadline:

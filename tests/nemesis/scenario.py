@@ -249,6 +249,10 @@ async def _run(config: ScenarioConfig, cluster: ProxiedCluster, result: RunResul
 # The chaos runs of this pytest session (printed by tests/nemesis/conftest.py).
 SESSION_RESULTS: list[RunResult] = []
 
+#: The membership events the chaos summary lists (the reports have all).
+SUMMARY_MEMBERSHIP_EVENTS = frozenset({"member_add", "member_promote", "member_removed",
+                                       "replace_kill", "member_failed", "promote_refused"})
+
 
 def format_summary(results: Sequence[RunResult], title: str = "nemesis chaos") -> str:
     ops: Counter[str] = Counter()
@@ -284,6 +288,12 @@ def format_summary(results: Sequence[RunResult], title: str = "nemesis chaos") -
         "membership: " + (", ".join(f"{k}={v}" for k, v in sorted(membership.items())) or "-"),
         f"anomalies: {anomalies}",
     ]
+    events = [(r, e) for r in results for e in r.schedule
+              if e.split()[1:2] and e.split()[1] in SUMMARY_MEMBERSHIP_EVENTS]
+    if events:
+        lines.append("membership events (member add/promote/remove per run; the "
+                     "'member' column is adds/promotes/removes):")
+        lines += [f"  seed {r.config.seed}: {e.strip()}" for r, e in events]
     for r in results:
         for a in r.anomalies:
             lines.append(f"  seed {r.config.seed}: {a.splitlines()[0]}")
