@@ -14,9 +14,10 @@ Steps (:data:`STEPS`), one server at a time (Raft dissertation chapter 4):
 ``shrink``
     ``member_remove`` a voter (the leader with probability
     ``leader_removal``: it hands leadership over first; else a follower,
-    one that joined later if any, so that the proxied bootstrap nodes the
-    network faults act on stay longest); only while more than
-    ``min_voters`` voters are active. The removed process stops by
+    one that joined later if any); only while more than ``min_voters``
+    voters are active. The network faults act on the proxied bootstrap
+    nodes only, so at least ``min_proxied`` of them are kept (by shrink
+    and replace): only one of three is ever removed. The removed process stops by
     itself (exit 0, expected) once it learns of its removal; one that never
     receives the entry (the leader stops replicating to it as soon as the
     change is in its own log, dissertation 4.1) keeps running, and must
@@ -72,6 +73,7 @@ class MembershipOptions:
     clerk_timeout: float = 10.0  # one member_* call
     leader_removal: float = 0.5  # chance that a shrink removes the leader
     min_voters: int = 3  # a shrink leaves at least this many
+    min_proxied: int = 2  # bootstrap (proxied) nodes never removed below this
     removed_exit_wait: float = 3.0  # seconds a removed node is given to stop
 
 
@@ -137,21 +139,27 @@ class MembershipScript:
             await self._grow(ck)
             return
         leader = await c.wait_leader(self.options.step_timeout / 4, exclude=sorted(c.leaving))
-        followers = [i for i in active if i != leader]
+        # The network faults act on the proxied bootstrap nodes only
+        # (ProxiedCluster): keep ``min_proxied`` of them, and prefer
+        # removing a node that joined later.
+        proxied = [i for i in active if i < c.n]
+        removable = [i for i in active
+                     if i >= c.n or len(proxied) > self.options.min_proxied]
+        followers = [i for i in removable if i != leader]
+        joined = [i for i in followers if i >= c.n] or followers
         if step == "shrink":
             if len(active) <= self.options.min_voters:
                 self.record("member_skip", f"shrink: only {len(active)} active voters")
                 return
             self.counts["shrink"] += 1
-            # A follower that joined later if any: the proxied bootstrap
-            # nodes are what the network faults act on (ProxiedCluster).
-            joined = [i for i in followers if i >= c.n] or followers
-            victim = leader if take_leader and leader is not None \
+            victim = leader if take_leader and leader in removable \
                 else joined[int(pick * len(joined))]
             await self._remove(ck, victim, "the leader" if victim == leader else "a follower")
             return
-        # replace
+        # replace: a follower that can go, else any follower (the leader
+        # is the only node that joined later).
         self.counts["replace"] += 1
+        followers = followers or [i for i in active if i != leader]
         victim = followers[int(pick * len(followers))]
         with c.lock:
             c.leaving.add(victim)
