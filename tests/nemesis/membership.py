@@ -93,6 +93,8 @@ class MembershipScript:
             if step not in STEPS:
                 raise ValueError(f"unknown membership step {step!r}; known: {STEPS}")
         self.rng = random.Random(self.seed ^ 0x3E3B)
+        # What the last failed call said (for a step that hangs).
+        self.last_problem = "-"
 
     def record(self, kind: str, detail: str) -> None:
         self.nemesis.record(kind, detail)
@@ -113,7 +115,7 @@ class MembershipScript:
                         await asyncio.wait_for(self._step(ck, step), self.options.step_timeout)
                     except TimeoutError:
                         self._fail(f"hang: membership step {step} did not finish within "
-                                   f"{self.options.step_timeout:g}s")
+                                   f"{self.options.step_timeout:g}s (last: {self.last_problem})")
                         return
                     except MembershipFailed as exc:
                         self._fail(str(exc))
@@ -244,6 +246,7 @@ class MembershipScript:
                 return
             except ClerkTimeout as exc:
                 self.counts["member_call_timeout"] += 1
+                self.last_problem = f"{what}: {exc}"
                 log.info("nemesis: membership %s: %s; checking the membership", what, exc)
             except BadRequest:
                 # "already a learner", "not a member": an earlier call of
@@ -255,8 +258,8 @@ class MembershipScript:
             try:
                 if done(await ck.member_list()):
                     return
-            except ClerkTimeout:
-                pass
+            except ClerkTimeout as exc:
+                self.last_problem = f"{what}, then member_list: {exc}"
 
     async def _commit_index(self) -> int:
         """The highest commit index a member reports (0 if none answers)."""
@@ -270,6 +273,7 @@ class MembershipScript:
         """Poll until ``node`` applied ``target``; a description of its state."""
         while True:
             (st,) = await self.cluster.statuses([node])
+            self.last_problem = f"node {node} status {st}".replace("\n", " ")
             if st is not None and st.applied_index >= target:
                 return (f"node {node} applied {st.applied_index} (target {target}), "
                         f"snapshot index {st.snapshot_index}, first index {st.first_index}")
@@ -308,5 +312,6 @@ async def check_membership(cluster: ProxiedCluster, timeout: float) -> list[str]
             return problems
         await asyncio.sleep(0.1)
     problems.append(f"membership: members {nodes} applied {applied} (not one index "
-                    f"within {timeout:g}s of the end)")
+                    f"within {timeout:g}s of the end; the leader's match indexes at the "
+                    f"end: {({m.id: m.match_index for m in members})})")
     return problems
