@@ -13,7 +13,14 @@ reaches it again: the follower stops at its last index until the leader
 changes. The nemesis proxy does exactly this (accept, then reset when its
 target is down, i.e. a follower restarting): with the membership runs'
 end check "every member applied the same index" it showed as a member
-stuck 20 000 entries behind (seed 1501 of ``make chaos``'s membership runs)."""
+stuck 20 000 entries behind (seed 1501 of ``make chaos``'s membership runs).
+Clerks hit it too (plain asyncio, when the reset comes from another thread
+or process: 177 of 200 calls failed on a kept dead connection in a quick
+check): a clerk whose channel to the leader is stuck follows WRONG_LEADER
+hints to it until its timeout (the membership runs' "hang: membership step
+... (last: ... server 3: UNAVAILABLE: ...: connection lost)").
+The fix belongs in ``RpcChannel._connect``: a connection already lost when
+``create_connection`` returns is a failed attempt (not ``self._conn``)."""
 
 from __future__ import annotations
 
