@@ -118,10 +118,13 @@ class Workload:
             if hi > 0:
                 await asyncio.sleep(rng.uniform(lo, hi))
 
-    async def final_reads(self, timeout: float = 30.0) -> dict[str, str]:
-        """Read every key with a fresh clerk (recorded too, as client 'final')."""
+    async def final_reads(self, timeout: float = 30.0,
+                          servers: Sequence[tuple[str, int]] | None = None) -> dict[str, str]:
+        """Read every key with a fresh clerk (recorded too, as client 'final')
+        given ``servers`` (default: the workload's; after membership
+        changes, the current members')."""
         values: dict[str, str] = {}
-        async with AsyncClerk(self.servers, timeout=timeout) as ck:
+        async with AsyncClerk(servers or self.servers, timeout=timeout) as ck:
             for key in self.mixed + self.appendonly:
                 values[key] = await self.recorder.run("final", "get", key, None,
                                                       get_text(ck, key))
