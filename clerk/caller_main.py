@@ -5,7 +5,7 @@ r"""``callerMain``: the command-line client of the KV store.
     callerMain -f test.conf put K V | append K V | delete K
     callerMain -f test.conf scan PREFIX [--limit N]
                                                  one "KEY VALUE" line per pair, in key order
-    callerMain -f test.conf status               one line per node
+    callerMain -f test.conf status [--json]      one line per node
     callerMain -f test.conf transfer-leader [ID] make node ID (default: the most
                                                  up-to-date follower) the leader;
                                                  prints the new leader's id
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import sys
@@ -154,7 +155,7 @@ async def _scan(ck: AsyncClerk, prefix: bytes, limit: int | None, hex_mode: bool
     return EXIT_OK
 
 
-async def _status(config: ClusterConfig, timeout: float) -> int:
+async def _status(config: ClusterConfig, timeout: float, *, as_json: bool = False) -> int:
     """One line per node: the config's nodes, then the members the cluster
     added since (their addresses from the membership in the log, asked of
     every node that answers); a config node the membership no longer holds
@@ -192,13 +193,27 @@ async def _status(config: ClusterConfig, timeout: float) -> int:
             continue
         nodes.append((n, address, host, port))
         answers.append(await one(host, port))
-    reachable = 0
+    reachable = sum(1 for reply, _ in answers if not isinstance(reply, str))
+    if as_json:
+        rows = []
+        for (node_id, address, _, _), (reply, _) in zip(nodes, answers, strict=True):
+            row: dict[str, object] = {"id": node_id, "address": address,
+                                      "member": not members or node_id in members}
+            if isinstance(reply, str):
+                row["error"] = reply
+            else:
+                row.update(role=reply.role, term=reply.term, leader=reply.leader,
+                           commit_index=reply.commit_index, applied_index=reply.applied_index,
+                           first_index=reply.first_index, last_index=reply.last_index,
+                           snapshot_index=reply.snapshot_index, keys=reply.keys)
+            rows.append(row)
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK if reachable else EXIT_FAILED
     for (node_id, address, _, _), (reply, _) in zip(nodes, answers, strict=True):
         gone = " (not a member)" if members and node_id not in members else ""
         if isinstance(reply, str):
             print(f"node {node_id} {address} unreachable ({reply}){gone}")
             continue
-        reachable += 1
         leader = reply.leader if reply.leader >= 0 else "none"
         print(
             f"node {node_id} {address} {reply.role} term {reply.term} leader {leader} "
@@ -417,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="at most N pairs (default: all)")
     p.add_argument("--hex", action="store_true", default=argparse.SUPPRESS, help=hex_help)
-    sub.add_parser("status", help="one line per node: role, term, leader, indexes")
+    p = sub.add_parser("status", help="one line per node: role, term, leader, indexes")
+    p.add_argument("--json", action="store_true",
+                   help="a JSON array, one object per node (an unreachable one has \"error\")")
     p = sub.add_parser("transfer-leader",
                        help="make node ID (default: the most up-to-date follower) the leader")
     p.add_argument("id", nargs="?", type=int, default=None, metavar="ID")
@@ -459,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def go() -> int:
         if args.command == "status":
-            return await _status(config, min(args.timeout, 2.0))
+            return await _status(config, min(args.timeout, 2.0), as_json=args.json)
         if args.command == "transfer-leader":
             return await _transfer_leader(config, -1 if args.id is None else args.id,
                                           args.timeout)

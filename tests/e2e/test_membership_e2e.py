@@ -9,6 +9,7 @@ identity work); the join and catch-up path runs in process instead
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def test_member_commands_on_a_real_cluster(tmp_path: Path) -> None:
         done = run_cli(*CALLER, "-f", str(conf), "status")
         assert done.returncode == 0, done.stderr
         assert f"node 3 {new} unreachable" in done.stdout, done.stdout
+        done = run_cli(*CALLER, "-f", str(conf), "status", "--json")
+        rows = {row["id"]: row for row in json.loads(done.stdout)}
+        assert done.returncode == 0 and set(rows) == {0, 1, 2, 3}, done.stdout
+        assert rows[3]["error"] and rows[leader]["role"] == "leader", rows
+        assert all(row["member"] for row in rows.values())
         code, _, err = member(conf, "remove", "3")
         assert code == 0, err
         assert 3 not in listed(conf)
