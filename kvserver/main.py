@@ -42,6 +42,7 @@ from kvserver import resources
 from kvserver.config import ClusterConfig, ConfigError, NodeAddress, load_config
 from kvserver.discovery import settle_identity
 from kvserver.identity import (
+    IDENTITY_FILE,
     Identity,
     IdentityError,
     check_config,
@@ -59,6 +60,7 @@ from kvserver.server import (
     KvNodeOptions,
     collect_old_objects_only_when_told,
 )
+from raft.membership import parse_address
 from raft.storage import StorageError
 from rpc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, byte_size, fail, positive_int
 from rpc.loop import run
@@ -126,11 +128,12 @@ async def _serve(node: KvNode) -> int:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT (argparse type)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    """HOST:PORT (argparse type): ``raft.membership.parse_address``'s rule,
+    the one member addresses in the log follow."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _address(node_id: int, addr: tuple[str, int] | None, identity: Identity | None,
@@ -141,7 +144,10 @@ def _address(node_id: int, addr: tuple[str, int] | None, identity: Identity | No
     if addr is not None:
         return NodeAddress(node_id, addr[0], addr[1])
     if node_id not in {n.id for n in config.nodes} and identity is not None:
-        host, port = _host_port(identity.address)
+        try:
+            host, port = parse_address(identity.address)
+        except ValueError as exc:
+            raise ConfigError(f"{IDENTITY_FILE} of node {node_id}: {exc}") from None
         return NodeAddress(node_id, host, port)
     if join and node_id not in {n.id for n in config.nodes}:
         raise ConfigError(f"--join: node {node_id} is not in {config.path}: "
