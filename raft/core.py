@@ -1123,20 +1123,17 @@ class RaftCore:
         (dissertation 4.1: "a log entry for a configuration change may be
         removed ... the server must be prepared to fall back")."""
         confs = self._confs
-        changed = False
         while (
             len(confs) > 1
             and confs[-1][0] > prev
             and not self.log.match_term(confs[-1][0], confs[-1][1])
         ):
             confs.pop()
-            changed = True
         newest = confs[-1][0]
         for e in entries:
             if e.type is _CONF_CHANGE and e.index > newest:
                 self._adopt_conf(e.index, e.term, Membership.decode(e.data))
-                changed = False
-        if changed:
+        if self._membership is not confs[-1][2]:  # rolled back, nothing newer
             self._use_membership(confs[-1][2])
 
     def _use_membership(self, membership: Membership) -> None:
@@ -1287,13 +1284,12 @@ class RaftCore:
     def _commit_if_possible(self) -> bool:
         if not self._maybe_commit():
             return False
-        if self.log.committed >= self._confs[-1][0] and len(self.progress) > len(
-            self._membership.members
-        ):
-            self._forget_removed()
-        if self._id not in self._membership.voters and self.log.committed >= self._confs[-1][0]:
-            self._step_down_if_removed()
-            return True
+        if self.log.committed >= self._confs[-1][0]:  # the membership in force is committed
+            if len(self.progress) > len(self._membership.members):
+                self._forget_removed()
+            if self._id not in self._membership.voters:
+                self._step_down_if_removed()
+                return True
         self._bcast_commit = self._cfg.broadcast_commit
         if self._pending_reads and self._committed_in_current_term():
             reads, self._pending_reads = self._pending_reads, []
